@@ -1,0 +1,3 @@
+"""gapferry.common.artifact."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""gapferry.common.bundle."""
+
+__all__: list[str] = []

@@ -1,0 +1,92 @@
+"""The `gapferry` command: a root group whose subcommands are plugins.
+
+Subcommands are registered as entry points in the ``gapferry.commands`` group (pyproject.toml) and
+imported only when run or when help lists them. So this module imports no side of the air gap, and
+`gapferry apply` on an isolated laptop never loads connected-side code or an HTTP client (ADR 0001).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import Any
+
+import click
+
+__all__ = ["main"]
+
+_GROUP = "gapferry.commands"
+
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=_GROUP)}
+
+
+class _PluginGroup(click.Group):
+    """A group that loads each subcommand from its entry point on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_entry_points()))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            return cmd
+        ep = _entry_points().get(cmd_name)
+        if ep is None:
+            return None
+        try:
+            loaded: Any = ep.load()
+        except (ImportError, AttributeError) as e:
+            # A command whose module is missing is a packaging bug; say so instead of a traceback.
+            raise click.ClickException(
+                f"command {cmd_name!r} is registered but cannot be loaded ({e}); reinstall gapferry"
+            ) from e
+        if not isinstance(loaded, click.Command):
+            raise click.ClickException(f"entry point {ep.value!r} is not a click command")
+        return loaded
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            try:
+                cmd = self.get_command(ctx, name)
+            except click.ClickException as e:
+                rows.append((name, f"(unavailable: {e.message})"))
+                continue
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=formatter.width - 6 - len(name))))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("gapferry")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare tree
+        return "unknown"
+
+
+@click.group(cls=_PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "--version", prog_name="gapferry")
+@click.option("--verbose", "-v", is_flag=True, help="Show tracebacks and debug detail on errors.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """Carry Mender updates across an air gap on removable media, and the results back.
+
+    \b
+    Connected side (operator workstation, talks to the Mender Server):
+      gapferry device keygen|preauth|auth|status|cleanup   device identities
+      gapferry release upload|deploy                        artifacts and deployments
+      gapferry pack --site site.toml --to /media/stick --sign ~/.ssh/id_ed25519
+      gapferry ingest /media/stick --trust allowed_signers
+    Isolated side (technician laptop, no Mender credentials):
+      gapferry apply /media/stick --trust allowed_signers --devices devices.toml --sign KEY
+    Anyone, offline:
+      gapferry verify /media/stick/gapferry/transfer-... --trust allowed_signers
+      gapferry artifact inspect update.mender
+
+    Shell completion: eval "$(_GAPFERRY_COMPLETE=bash_source gapferry)"
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose

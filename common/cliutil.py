@@ -1,0 +1,94 @@
+"""Shared plumbing for thin CLI commands (STYLE.md practice 5): output, JSON, errors, exit codes.
+
+Exit codes used across gapferry (each command's --help lists the ones it uses):
+  0  success
+  1  invalid or failed: the data was rejected, or some work failed
+  2  usage: bad options or arguments (click's own code)
+  3  incomplete or unreadable: a bundle without its completion marker, media not readable
+  4  environment: a server, network, tool or media problem outside the data
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+from gapferry.common.errors import (
+    EnvironmentFailure,
+    GapferryError,
+    IncompleteBundle,
+    InvalidData,
+    UsageProblem,
+)
+
+__all__ = [
+    "EXIT_ENVIRONMENT",
+    "EXIT_INCOMPLETE",
+    "EXIT_INVALID",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "emit_json",
+    "exit_code_for",
+    "fail",
+    "handle_errors",
+]
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+EXIT_INCOMPLETE = 3
+EXIT_ENVIRONMENT = 4
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def exit_code_for(err: GapferryError) -> int:
+    if isinstance(err, IncompleteBundle):
+        return EXIT_INCOMPLETE
+    if isinstance(err, InvalidData):
+        return EXIT_INVALID
+    if isinstance(err, UsageProblem):
+        return EXIT_USAGE
+    if isinstance(err, EnvironmentFailure):
+        return EXIT_ENVIRONMENT
+    return EXIT_INVALID
+
+
+def emit_json(obj: Any) -> None:
+    """Print one JSON document on stdout (for --json)."""
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def fail(err: GapferryError, *, as_json: bool = False, exit_code: int | None = None) -> NoReturn:
+    """Report `err` (diagnostics to stderr, or a JSON error document) and exit."""
+    code = exit_code if exit_code is not None else exit_code_for(err)
+    if as_json:
+        emit_json({"ok": False, "error": err.to_json()})
+    else:
+        click.secho(f"error: {err.message}", fg="red", err=True)
+        click.echo(f"  what to do: {err.remedy}", err=True)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.find_root().obj and ctx.find_root().obj.get("verbose"):
+        traceback.print_exception(err, file=sys.stderr)
+    sys.exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Decorate a click callback so that `GapferryError` becomes a diagnostic and an exit code.
+
+    The callback must accept ``as_json`` through a ``json_output`` parameter if it has --json.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except GapferryError as err:
+            fail(err, as_json=bool(kwargs.get("json_output", False)))
+
+    return wrapper  # type: ignore[return-value]

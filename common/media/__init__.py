@@ -1,0 +1,3 @@
+"""gapferry.common.media."""
+
+__all__: list[str] = []

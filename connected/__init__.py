@@ -1,0 +1,3 @@
+"""gapferry.connected."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""gapferry.connected.cli."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""gapferry.connected.mender."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""gapferry.isolated."""
+
+__all__: list[str] = []

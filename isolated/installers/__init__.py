@@ -1,0 +1,3 @@
+"""gapferry.isolated.installers."""
+
+__all__: list[str] = []
