@@ -81,7 +81,7 @@ def open_regular(root: Path, rel: PurePosixPath, *, flags: int = os.O_RDONLY) ->
             try:
                 nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
             except NotADirectoryError as e:
-                raise _bad(str(rel), f"{part!r} is not a folder (a link or a file)") from e
+                raise _bad(str(rel), f"{part!r} is a symbolic link or not a folder") from e
             except OSError as e:
                 if e.errno == 40:  # ELOOP: a symlink under O_NOFOLLOW
                     raise _bad(str(rel), f"{part!r} is a symbolic link") from e
