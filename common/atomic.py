@@ -9,6 +9,7 @@ can tell them from real content (bundle_spec/SPEC.md, "Writing order").
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import BinaryIO
 __all__ = ["PART_SUFFIX", "atomic_open", "atomic_write_bytes", "fsync_dir", "temp_name_for"]
 
 PART_SUFFIX = ".part"
+
+_NO_MODES_ERRNOS = frozenset({errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP})
 
 
 def temp_name_for(path: Path) -> Path:
@@ -45,7 +48,16 @@ def atomic_open(path: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
     """
     tmp = temp_name_for(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    os.fchmod(fd, mode)  # O_CREAT honours the umask; key files must be exactly 0600
+    try:
+        os.fchmod(fd, mode)  # O_CREAT honours the umask; key files must be exactly 0600
+    except OSError as e:
+        # FAT cannot store modes (fusefat: ENOSYS, vfat: EPERM). That is fine for public files on
+        # a stick, never for a private one: a key file that cannot be made 0600 is an error.
+        if mode & 0o077 == 0 or e.errno not in _NO_MODES_ERRNOS:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

@@ -66,13 +66,15 @@ def copy_hashed(
     *,
     expected_size: int | None = None,
     expected_sha256: str | None = None,
+    max_bytes: int | None = None,
     mode: int = 0o644,
     progress: Progress | None = None,
 ) -> CopyResult:
     """Copy `src` to `dst` crash-safely, hashing in the same pass.
 
     The copy lands under `dst` only if it is complete and, when given, matches `expected_size` and
-    `expected_sha256`; otherwise nothing is left behind and `InvalidData` is raised.
+    `expected_sha256`; otherwise nothing is left behind and `InvalidData` is raised. `max_bytes`
+    bounds a source whose size nobody announced, so a hostile peer cannot fill the disk.
     """
     h = hashlib.sha256()
     size = 0
@@ -86,6 +88,12 @@ def copy_hashed(
                     f"{dst.name}: source is longer than the announced {expected_size} bytes",
                     remedy="the source changed or lies about its size; fetch it again",
                     code="size-mismatch",
+                )
+            if max_bytes is not None and size > max_bytes:
+                raise InvalidData(
+                    f"{dst.name}: source is longer than the limit of {max_bytes} bytes",
+                    remedy="the source is hostile or broken; a larger input needs a larger limit",
+                    code="too-large",
                 )
             h.update(view[:n])
             out.write(view[:n])

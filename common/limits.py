@@ -26,6 +26,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     signature_bytes: int = 64 * KiB
     #: Number of detached signatures attached to one manifest.
     signatures: int = 16
+    #: Bytes of an OpenSSH allowed_signers trust file.
+    allowed_signers_bytes: int = 1 * MiB
     #: Devices listed in one manifest.
     devices: int = 10_000
     #: Distinct artifacts in one bundle.
@@ -56,8 +58,18 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     artifact_members: int = 10_000
     #: Bytes of a payload file after decompression, per file.
     payload_decompressed_bytes: int = 64 * GiB
+    #: Bytes of one Mender Artifact payload tar (``data/NNNN.tar*``) after decompression.
+    artifact_decompressed_bytes: int = 64 * GiB
+    #: Path components of one entry in a `directory` payload's update.tar.
+    payload_path_depth: int = 64
     #: Custody events in one custody log.
     custody_events: int = 1_000
+    #: Bytes of one custody event file (``custody/NNNN.json``) as stored (common/audit/custody.py).
+    custody_event_bytes: int = 16 * KiB
+    #: Sticks one bundle may be spread over (span index, common/media/span.py).
+    span_sticks: int = 64
+    #: Bytes of a span index (``span-index.json``) as stored.
+    span_index_bytes: int = 16 * MiB
 
 
 DEFAULT_LIMITS = Limits()

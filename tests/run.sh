@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 SYSTEM_PACKAGES=(
   python3-venv openssh-server openssh-client mender-client mender-artifact mender-cli
-  jq mtools dosfstools iproute2 util-linux
+  jq mtools dosfstools fusefat iproute2 util-linux chromium
 )
 if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
 missing=()

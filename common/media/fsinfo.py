@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 from gapferry.common.errors import EnvironmentFailure, UsageProblem
+from gapferry.common.media.progress import format_bytes
 
 __all__ = [
     "FAT_MAX_FILE_SIZE",
@@ -67,6 +68,10 @@ class MediumInfo(msgspec.Struct, frozen=True, kw_only=True):
     #: Allocation unit (``f_frsize``): every file occupies a multiple of it.
     block_size: int = 4096
     read_only: bool = False
+    #: False when the file system reports no sizes at all (statvfs gives 0 blocks, as the
+    #: ``fusefat`` FUSE driver does); then `total_bytes` and `free_bytes` are 0 and meaningless,
+    #: `check_fits` cannot check, and a full medium shows up as ``media-full`` during the write.
+    space_known: bool = True
 
 
 def _unescape(field: str) -> str:
@@ -74,7 +79,7 @@ def _unescape(field: str) -> str:
     out = []
     i = 0
     while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) + 0 and field[i + 1 : i + 4].isdigit():
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
             out.append(chr(int(field[i + 1 : i + 4], 8)))
             i += 4
         else:
@@ -120,9 +125,9 @@ def mount_entries(text: str | None = None) -> list[MountEntry]:
 def _find_mount(path: Path, entries: list[MountEntry]) -> MountEntry:
     best: MountEntry | None = None
     for e in entries:  # later mounts hide earlier ones at the same point: keep the last
-        if path == e.mount_point or e.mount_point in path.parents:
-            if best is None or len(e.mount_point.parts) >= len(best.mount_point.parts):
-                best = e
+        inside = path == e.mount_point or e.mount_point in path.parents
+        if inside and (best is None or len(e.mount_point.parts) >= len(best.mount_point.parts)):
+            best = e
     if best is None:
         raise EnvironmentFailure(
             f"no mount found for {path} in {_MOUNTINFO}",
@@ -172,7 +177,7 @@ def _removable_for(major_minor: str) -> bool | None:
 
 
 def _existing_ancestor(path: Path) -> Path:
-    p = Path(os.path.abspath(path))
+    p = Path.cwd() / path  # absolute without resolving links in the missing part
     while not p.exists() and p != p.parent:
         p = p.parent
     return p.resolve()
@@ -216,6 +221,7 @@ def describe(path: Path, *, mountinfo: str | None = None) -> MediumInfo:
         max_file_size=max_file_size_for(entry.fs_type),
         block_size=frsize,
         read_only=bool(st.f_flag & os.ST_RDONLY),
+        space_known=st.f_blocks > 0,
     )
 
 
@@ -224,6 +230,8 @@ def check_fits(path: Path, needed_bytes: int, *, files: int = 0) -> MediumInfo:
 
     `files` (optional) is the number of files to be written: each may waste up to one allocation
     unit, which matters on FAT32 sticks with 32 KiB clusters. Returns the `MediumInfo` checked.
+    When the file system does not report its size (`MediumInfo.space_known` False) the check
+    passes and the writer relies on a clean ``media-full`` from the write.
 
     Raises:
         EnvironmentFailure: ``media-full`` (saying needed vs free and what to do), or
@@ -236,11 +244,13 @@ def check_fits(path: Path, needed_bytes: int, *, files: int = 0) -> MediumInfo:
             remedy="remount it read-write, or unlock the write-protect switch on the stick",
             code="media-read-only",
         )
+    if not info.space_known:
+        # Nothing to compare against (see MediumInfo.space_known); the write itself reports a
+        # full medium cleanly (common/media/write.py) and leaves no partial file.
+        return info
     slack = max(0, files) * info.block_size
     needed = needed_bytes + slack
     if needed > info.free_bytes:
-        from gapferry.common.media.progress import format_bytes  # noqa: PLC0415 - tiny helper
-
         name = f" ({info.label})" if info.label else ""
         raise EnvironmentFailure(
             f"not enough space on {info.mount_point}{name}: need {format_bytes(needed)} "

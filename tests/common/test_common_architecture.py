@@ -18,7 +18,6 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-
 from gapferry.common.cli import main
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,6 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from gapferry.common.atomic import atomic_open, atomic_write_bytes, temp_name_for
 from gapferry.common.digest import copy_hashed, sha256_file, sha256_stream
 from gapferry.common.errors import InvalidData
@@ -34,9 +33,13 @@ def test_atomic_open_leaves_old_content_on_error(tmp_path: Path) -> None:
     class Boom(Exception):
         pass
 
-    with pytest.raises(Boom), atomic_open(target) as f:
-        f.write(b"half-written new content")
-        raise Boom
+    def write_then_fail() -> None:
+        with atomic_open(target) as f:
+            f.write(b"half-written new content")
+            raise Boom
+
+    with pytest.raises(Boom):
+        write_then_fail()
     assert target.read_bytes() == b"old"
     assert not temp_name_for(target).exists()
 
@@ -46,8 +49,8 @@ def test_atomic_open_refuses_symlinked_temp_name(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_bytes(b"keep")
     temp_name_for(target).symlink_to(victim)
-    with pytest.raises(OSError), atomic_open(target) as f:
-        f.write(b"x")
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        atomic_write_bytes(target, b"x")
     assert victim.read_bytes() == b"keep"
 
 
@@ -71,7 +74,7 @@ def test_sha256_file_refuses_symlink(tmp_path: Path) -> None:
     link = tmp_path / "link"
     link.symlink_to(real)
     assert sha256_file(real).sha256 == hashlib.sha256(b"abc").hexdigest()
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
         sha256_file(link)
 
 
@@ -98,5 +101,14 @@ def test_copy_hashed_leaves_nothing_on_mismatch(
     with pytest.raises(InvalidData) as e:
         copy_hashed(io.BytesIO(payload), dst, expected_size=size, expected_sha256=digest)
     assert e.value.code == code
+    assert not dst.exists()
+    assert not temp_name_for(dst).exists()
+
+
+def test_copy_hashed_bounds_an_unannounced_source(tmp_path: Path) -> None:
+    dst = tmp_path / "a.mender"
+    with pytest.raises(InvalidData) as e:
+        copy_hashed(io.BytesIO(b"x" * 101), dst, max_bytes=100)
+    assert e.value.code == "too-large"
     assert not dst.exists()
     assert not temp_name_for(dst).exists()

@@ -6,7 +6,6 @@ import os
 from pathlib import Path, PurePosixPath
 
 import pytest
-
 from gapferry.common.errors import InvalidData
 from gapferry.common.limits import Limits
 from gapferry.common.safepath import checked_relpath, open_regular

@@ -1,0 +1,109 @@
+"""`gapferry audit`: one report of every check on a transfer bundle and its results.
+
+A thin shell (STYLE practice 5) over `gapferry.common.audit.audit.run_audit`.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+from gapferry.common.atomic import atomic_write_bytes
+from gapferry.common.audit.audit import run_audit
+from gapferry.common.audit.render_html import render_html
+from gapferry.common.audit.render_text import render_json, render_text
+from gapferry.common.cliutil import handle_errors
+from gapferry.common.errors import UsageProblem
+from gapferry.common.limits import DEFAULT_LIMITS
+from gapferry.common.trust import TrustPolicy
+
+__all__ = ["audit"]
+
+_ARTIFACT_KEY_MAX = 64 * 1024
+
+
+def _read_artifact_key(path: Path) -> bytes:
+    try:
+        with path.open("rb") as f:
+            data = f.read(_ARTIFACT_KEY_MAX + 1)
+    except OSError as e:
+        raise UsageProblem(
+            f"cannot read the artifact key {path}: {e.strerror}",
+            remedy="pass the PEM public key that signs your Mender Artifacts",
+            code="artifact-key-missing",
+        ) from e
+    if len(data) > _ARTIFACT_KEY_MAX or b"PUBLIC KEY-----" not in data:
+        raise UsageProblem(
+            f"{path} is not a PEM public key",
+            remedy="pass the PEM public key (BEGIN PUBLIC KEY) that signs your Mender Artifacts",
+            code="bad-artifact-key",
+        )
+    return data
+
+
+@click.command()
+@click.argument("transfer", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("results", nargs=-1, type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--trust",
+    "trust",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="OpenSSH allowed_signers file of the signers you trust.",
+)
+@click.option("--threshold", default=1, show_default=True, help="Distinct trusted keys required.")
+@click.option(
+    "--artifact-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="PEM public key: verify each artifact's own Mender signature with it.",
+)
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write a self-contained HTML report here.",
+)
+@click.option("--json", "json_output", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def audit(  # noqa: PLR0917 - click passes one argument per option
+    transfer: Path,
+    results: tuple[Path, ...],
+    trust: Path,
+    threshold: int,
+    artifact_key: Path | None,
+    html_out: Path | None,
+    json_output: bool,
+) -> None:
+    """Audit TRANSFER and the RESULT bundles that answer it; report every check.
+
+    Checks each signature (signer, key fingerprint, certificate), the threshold, validity and
+    expiry, every file's sha256, each artifact's Mender signature (with --artifact-key), the
+    custody chains, each device's outcome and timeline, and the discrepancies between the
+    bundles. RESULT may also be a medium holding result bundles.
+
+    Exit codes: 0 every check passed; 1 a check failed or a discrepancy was found; 2 usage;
+    3 evidence incomplete or unreadable.
+    """
+    policy = TrustPolicy.from_file(trust, threshold=threshold)
+    key = _read_artifact_key(artifact_key) if artifact_key is not None else None
+    report = run_audit(
+        transfer,
+        results,
+        policy=policy,
+        now=datetime.now(tz=UTC),
+        limits=DEFAULT_LIMITS,
+        trust_source=str(trust),
+        artifact_key=key,
+    )
+    if html_out is not None:
+        atomic_write_bytes(html_out, render_html(report).encode("utf-8"))
+    if json_output:
+        sys.stdout.buffer.write(render_json(report))
+        sys.stdout.flush()
+    else:
+        click.echo(render_text(report), nl=False)
+        if html_out is not None:
+            click.echo(f"HTML report: {html_out}")
+    sys.exit(report.exit_code)

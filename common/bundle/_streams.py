@@ -1,0 +1,45 @@
+"""Small `Readable` adapters used by the bundle writer and reader (internal)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from gapferry.common.digest import Readable
+
+__all__ = ["RangeReader", "TeeReader"]
+
+
+class RangeReader:
+    """A `Readable` over bytes ``[offset, offset+length)`` of an open file descriptor."""
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self._fd = fd
+        self._pos = offset
+        self._left = length
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        if self._left <= 0:
+            return 0
+        want = min(len(buffer), self._left)
+        data = os.pread(self._fd, want, self._pos)
+        n = len(data)
+        buffer[:n] = data
+        self._pos += n
+        self._left -= n
+        return n
+
+
+class TeeReader:
+    """A `Readable` that also feeds everything read into a hash object (e.g. a whole artifact's
+    sha256 while its parts are copied one by one)."""
+
+    def __init__(self, src: Readable, hasher: Any) -> None:
+        self._src = src
+        self._hasher = hasher
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        n = self._src.readinto(buffer) or 0
+        if n:
+            self._hasher.update(buffer[:n])
+        return n

@@ -1,0 +1,187 @@
+"""Copy one file onto a medium: stream, hash, fsync, read back; resume after an interruption.
+
+The per-file step of the bundle writer (issue 8; bundle_spec/SPEC.md "Writing order"):
+
+1. `copy_to_medium` streams the source to ``.<name>.part`` on the medium in one pass (read, hash,
+   write, as `gapferry.common.digest.copy_hashed` does), fsyncs it, renames it to its final name,
+   then reads it back from the medium (`verify_file`). A full medium, an I/O error or a file too large
+   for the file system become `EnvironmentFailure` with a remedy, and no temporary file is left.
+2. After an interruption (stick pulled, process killed, power cut), `discard_partials` removes
+   ``.*.part`` leftovers and `is_verified` tells which final files are already complete on the
+   medium, so `copy_to_medium(..., resume=True)` skips them instead of writing them again.
+
+Why not `copy_hashed` itself: it goes through `atomic_open`, which ``fchmod``s the temporary file;
+FAT file systems cannot store a mode and may refuse (kernel vfat: EPERM, unless mounted with
+``quiet``, when the mode differs from what the mount's fmask gives; fusefat: ENOSYS, as the FAT32
+tests here show), so on a FAT32 stick writes would fail. Files on media carry no meaningful mode, so
+this copy creates the file without changing its mode and is otherwise the same one-pass loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+from gapferry.common.atomic import PART_SUFFIX, fsync_dir, temp_name_for
+from gapferry.common.digest import CHUNK, CopyResult, Progress, Readable
+from gapferry.common.errors import EnvironmentFailure, InvalidData
+from gapferry.common.media.readback import verify_file
+
+__all__ = ["copy_to_medium", "discard_partials", "is_verified", "media_error"]
+
+
+def media_error(e: OSError, *, what: Path) -> EnvironmentFailure:
+    """Turn an OSError from writing to a medium into an `EnvironmentFailure` with a remedy.
+
+    Codes: ``media-full`` (ENOSPC, EDQUOT), ``file-too-large-for-fs`` (EFBIG), ``media-read-only``
+    (EROFS, EACCES, EPERM), ``media-gone`` (ENODEV, ENXIO, ENOENT of the folder),
+    ``media-io-error`` (EIO and anything else).
+    """
+    name = str(what)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return EnvironmentFailure(
+            f"the medium ran out of space while writing {name}; the partial file was removed",
+            remedy="use a larger medium or free space on it, then run the same command again "
+            "(files already written and verified are kept)",
+            code="media-full",
+        )
+    if e.errno == errno.EFBIG:
+        return EnvironmentFailure(
+            f"the file system refused {name} as too large ({e.strerror})",
+            remedy="the writer splits large files into parts for FAT32; format the stick exFAT "
+            "or report this as a bug",
+            code="file-too-large-for-fs",
+        )
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return EnvironmentFailure(
+            f"cannot write {name}: {e.strerror}",
+            remedy="check the stick's write-protect switch, its mount options and permissions",
+            code="media-read-only",
+        )
+    if e.errno in (errno.ENODEV, errno.ENXIO, errno.ENOENT):
+        return EnvironmentFailure(
+            f"the medium went away while writing {name} ({e.strerror})",
+            remedy="reinsert the stick and run the same command again to resume",
+            code="media-gone",
+        )
+    return EnvironmentFailure(
+        f"I/O error writing {name}: {e.strerror}",
+        remedy="the stick may be failing; run again to resume, or use another stick",
+        code="media-io-error",
+    )
+
+
+def discard_partials(folder: Path) -> list[Path]:
+    """Remove interrupted temporary files (``.<name>.part``) directly in `folder`; return them."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in folder.iterdir():
+            if entry.name.startswith(".") and entry.name.endswith(PART_SUFFIX):
+                if entry.is_symlink() or not entry.is_file():
+                    continue  # not ours: leave it for the reader to report
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+def is_verified(path: Path, *, sha256: str, size: int, progress: Progress | None = None) -> bool:
+    """True when `path` is complete on the medium: right size and digest when read back.
+
+    A missing file, a wrong size or a wrong digest is False (the caller writes it again).
+
+    Raises:
+        EnvironmentFailure: the file exists but cannot be read (``readback-failed``).
+    """
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size != size:
+            return False
+    except OSError:
+        return False
+    try:
+        verify_file(path, sha256=sha256, size=size, progress=progress)
+    except InvalidData:
+        return False
+    return True
+
+
+def copy_to_medium(
+    src: Readable,
+    dst: Path,
+    *,
+    size: int,
+    sha256: str | None = None,
+    progress: Progress | None = None,
+    verify_progress: Progress | None = None,
+) -> CopyResult:
+    """Copy `src` (exactly `size` bytes, and `sha256` when known) to `dst` on a medium, then read it
+    back. Nothing is left under `dst` or its temporary name unless the whole file was written.
+
+    Raises:
+        EnvironmentFailure: ``media-full``, ``media-io-error`` and the other codes of
+            `media_error`; ``readback-failed``.
+        InvalidData: ``size-mismatch`` / ``digest-mismatch`` (the source is not what was
+            announced); ``readback-mismatch`` (the medium did not keep the data; `dst` is removed).
+    """
+    tmp = temp_name_for(dst)
+    try:
+        result = _copy_hashed_no_chmod(src, tmp, size=size, sha256=sha256, progress=progress)
+        tmp.replace(dst)
+        fsync_dir(dst.parent)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise media_error(e, what=dst) from e
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    try:
+        verify_file(dst, sha256=result.sha256, size=result.size, progress=verify_progress)
+    except InvalidData:
+        with contextlib.suppress(OSError):
+            dst.unlink()
+        raise
+    return result
+
+
+def _copy_hashed_no_chmod(
+    src: Readable, tmp: Path, *, size: int, sha256: str | None, progress: Progress | None
+) -> CopyResult:
+    """Stream `src` into `tmp` (created fresh), hashing; fsync; check size and digest."""
+    h = hashlib.sha256()
+    got = 0
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as out:
+        while n := src.readinto(view):
+            got += n
+            if got > size:
+                raise InvalidData(
+                    f"{tmp.name}: source is longer than the announced {size} bytes",
+                    remedy="the source changed or lies about its size; fetch it again",
+                    code="size-mismatch",
+                )
+            h.update(view[:n])
+            out.write(view[:n])
+            if progress is not None:
+                progress(n)
+        out.flush()
+        os.fsync(out.fileno())
+    if got != size:
+        raise InvalidData(
+            f"{tmp.name}: expected {size} bytes, got {got}",
+            remedy="the source was truncated; fetch it again",
+            code="size-mismatch",
+        )
+    digest = h.hexdigest()
+    if sha256 is not None and digest != sha256.lower():
+        raise InvalidData(
+            f"{tmp.name}: expected sha256 {sha256}, got {digest}",
+            remedy="the source is corrupt or was tampered with; fetch it again",
+            code="digest-mismatch",
+        )
+    return CopyResult(sha256=digest, size=got)

@@ -1,0 +1,79 @@
+"""`gapferry ingest`: result bundles back to the Mender Server."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+
+import click
+from gapferry.common.cliutil import emit_json, handle_errors
+from gapferry.common.trust import TrustPolicy
+from gapferry.connected import ingest as ops
+from gapferry.connected.cli._common import (
+    ENV_HELP,
+    json_option,
+    open_session,
+    print_table,
+    state_option,
+)
+
+__all__ = ["ingest"]
+
+
+@click.command()
+@click.argument("media", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--trust",
+    "trust_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="allowed_signers file with the appliers' keys.",
+)
+@click.option(
+    "--threshold",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 16),
+    help="Distinct trusted signatures a result bundle needs.",
+)
+@state_option
+@json_option
+@handle_errors
+def ingest(
+    *, media: Path, trust_file: Path, threshold: int, state_dir: Path | None, json_output: bool
+) -> None:
+    """Verify each result bundle on MEDIA and report its outcomes to the Mender Server.
+
+    Per device: the log on failure, the final status in order, inventory; the ledger records the
+    device's new artifact. A bundle ingested before is not reported again. A deployment aborted
+    on the server meanwhile is recorded and shown, not fatal.
+
+    \b
+    Example:
+      gapferry ingest /media/stick --trust ~/.config/gapferry/appliers_allowed_signers
+    \b
+    Exit codes: 0 all reported, 1 a bundle was rejected or reports are still owed.
+    """
+    policy = TrustPolicy.from_file(trust_file, threshold=threshold)
+    with open_session(state_dir, command="ingest") as session:
+        report = ops.ingest(session, media, trust=policy, now=time.time())
+    rows = [r.to_dict() for r in report.rows]
+    if json_output:
+        emit_json(
+            {
+                "ok": report.ok,
+                "reports_sent": report.reports_sent,
+                "reports_failed": report.reports_failed,
+                "results": rows,
+            }
+        )
+    else:
+        print_table(rows, ("bundle", "device", "result", "action", "ok", "detail"), title="ingest")
+        for f in report.reports_failed:
+            click.echo(f"report still owed (run ingest again): {f}", err=True)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+ingest.help = inspect.cleandoc(ingest.help or "") + "\n\n" + ENV_HELP

@@ -1,0 +1,11 @@
+"""Fixtures of the attack suite: session keys (generated at test time, never committed)."""
+
+from __future__ import annotations
+
+import pytest
+from gapferry.fixtures.device import Keys, make_keys
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    return make_keys(tmp_path_factory.mktemp("attack-keys"))

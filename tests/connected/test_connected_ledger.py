@@ -1,0 +1,105 @@
+"""The ledger: append-only journal, idempotent outbox, per-site bundle numbers (ADR 0041)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from gapferry.connected.ledger import Ledger
+
+
+def test_journal_is_append_only_and_keeps_no_query(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.sqlite", command="test") as led:
+        led.journal(
+            method="GET", path="/a/b?X-Amz-Signature=secret", status=200, request_id="r1", note=""
+        )
+        rows = led.journal_rows()
+        assert rows[0]["path"] == "/a/b"
+        assert rows[0]["command"] == "test"
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"), led.tx() as c:
+            c.execute("UPDATE journal SET status = 500")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"), led.tx() as c:
+            c.execute("DELETE FROM journal")
+        assert len(led.journal_rows()) == 1
+
+
+def test_outbox_enqueue_is_idempotent_and_ordered(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.sqlite") as led:
+        for _ in range(2):
+            with led.tx() as c:
+                for st in ("downloading", "installing"):
+                    led.enqueue(
+                        c,
+                        site="s",
+                        device="d",
+                        deployment_id="dep",
+                        kind="status",
+                        payload={"status": st},
+                        origin="pack",
+                    )
+        pend = led.pending(site="s")
+        assert [p.payload for p in pend] == [
+            '{"status": "downloading"}',
+            '{"status": "installing"}',
+        ]
+        led.mark(pend[0].id, "sent")
+        assert len(led.pending()) == 1
+
+
+def test_a_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
+    class Boom(Exception):
+        pass
+
+    def half_done(led: Ledger) -> None:
+        with led.tx() as c:
+            led.enqueue(
+                c,
+                site="s",
+                device="d",
+                deployment_id="x",
+                kind="status",
+                payload={"status": "downloading"},
+                origin="pack",
+            )
+            raise Boom
+
+    with Ledger(tmp_path / "l.sqlite") as led:
+        with pytest.raises(Boom):
+            half_done(led)
+        assert led.pending() == []
+
+
+def test_bundle_sequence_numbers_are_per_site_and_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    with Ledger(path) as led:
+        assert led.reserve_bundle(site="a", bundle_id="b1", path="/m").seq == 1
+        assert led.reserve_bundle(site="a", bundle_id="b2", path="/m").seq == 2
+        assert led.reserve_bundle(site="b", bundle_id="b3", path="/m").seq == 1
+    with Ledger(path) as led:
+        assert led.reserve_bundle(site="a", bundle_id="b4", path="/m").seq == 3
+        assert [b.seq for b in led.bundles(site="a")] == [1, 2, 3]
+
+
+def test_first_next_request_bytes_are_kept(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.sqlite") as led:
+        led.record_polled(
+            site="s",
+            device="d",
+            deployment_id="dep",
+            artifact_id="a",
+            artifact_name="n",
+            next_request=b"first",
+        )
+        row = led.record_polled(
+            site="s",
+            device="d",
+            deployment_id="dep",
+            artifact_id="a",
+            artifact_name="n",
+            next_request=b"second",
+        )
+        assert row.next_request == b"first"
+        active = led.active_deployment("s", "d")
+        assert active is not None
+        assert active.state == "polled"
