@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from gapferry.common.errors import GapferryError, InvalidData
+from gapferry.common.bundle.layout import MARKER_NAME
+from gapferry.common.errors import GapferryError, IncompleteBundle, InvalidData
 from gapferry.connected import bundle_io
 from gapferry.connected.outbox import deliver_pending
 from gapferry.connected.session import Session
@@ -198,13 +199,42 @@ def _accept(session: Session, view: bundle_io.ResultView) -> dict[tuple[str, str
     return special
 
 
+def _superseded(incomplete: Path, found: list[Path]) -> bool:
+    """An incomplete result folder (no completion marker: an apply killed while writing) is
+    superseded when a result for the same site and transfer sequence, with its marker, is on the
+    medium: the re-run wrote that one (SPEC 3.2: ``result-<site>-<sequence>-<id8>``). Ignoring an
+    incomplete folder is always safe; this only decides whether it is worth a failure."""
+    prefix = incomplete.name.rsplit("-", 1)[0] + "-"
+    return any(
+        p != incomplete and p.name.startswith(prefix) and (p / MARKER_NAME).is_file() for p in found
+    )
+
+
 def ingest(session: Session, media: Path, *, trust: Any, now: float) -> IngestReport:
     """Ingest every result bundle on `media`."""
     rows: list[IngestRow] = []
     views: list[bundle_io.ResultView] = []
-    for path in bundle_io.find_results(media):
+    found = bundle_io.find_results(media)
+    for path in found:
         try:
             view = bundle_io.open_result(path, trust=trust, now=now)
+        except IncompleteBundle as e:
+            if e.code == "incomplete" and _superseded(path, found):
+                rows.append(
+                    IngestRow(
+                        bundle=path.name,
+                        action="superseded",
+                        detail="left incomplete by an interrupted apply; a complete result for "
+                        "the same transfer bundle is on the medium (you may delete this folder)",
+                    )
+                )
+                continue
+            rows.append(
+                IngestRow(
+                    bundle=path.name, action="rejected", ok=False, detail=f"{e.code}: {e.message}"
+                )
+            )
+            continue
         except GapferryError as e:
             rows.append(
                 IngestRow(
