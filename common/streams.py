@@ -1,4 +1,6 @@
-"""Small `Readable` adapters used by the bundle writer and reader (internal)."""
+"""Small `Readable` adapters: a byte range of a file, and a stream that also feeds a hash.
+
+Used by the bundle writer (artifacts split into parts) and by multi-stick spans."""
 
 from __future__ import annotations
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import msgspec
 import zstandard
-from gapferry.common.bundle._streams import RangeReader, TeeReader
 from gapferry.common.bundle.canonical import encode, manifest_sha256, render_sha256sums
 from gapferry.common.bundle.layout import (
     ARTIFACTS_DIR,
@@ -67,6 +66,7 @@ from gapferry.common.media.fsinfo import check_fits
 from gapferry.common.media.readback import drop_cache
 from gapferry.common.media.write import copy_to_medium, discard_partials, is_verified
 from gapferry.common.signers import Signer
+from gapferry.common.streams import RangeReader, TeeReader
 
 __all__ = [
     "DEFAULT_VALIDITY",

@@ -44,6 +44,7 @@ from gapferry.common.media.fsinfo import check_fits
 from gapferry.common.media.progress import format_bytes
 from gapferry.common.media.write import copy_to_medium, discard_partials, is_verified
 from gapferry.common.safepath import checked_name, checked_relpath
+from gapferry.common.streams import RangeReader
 from gapferry.common.trust import TrustPolicy
 
 __all__ = [
@@ -262,26 +263,6 @@ def plan_span(
 # Index building and encoding
 
 
-class _RangeReader:
-    """A `Readable` over bytes ``[offset, offset+length)`` of an open file."""
-
-    def __init__(self, fd: int, offset: int, length: int) -> None:
-        self._fd = fd
-        self._pos = offset
-        self._left = length
-
-    def readinto(self, buffer: memoryview, /) -> int:
-        if self._left <= 0:
-            return 0
-        want = min(len(buffer), self._left)
-        data = os.pread(self._fd, want, self._pos)
-        n = len(data)
-        buffer[:n] = data
-        self._pos += n
-        self._left -= n
-        return n
-
-
 def _open_source(root: Path, rel: str) -> int:
     fd = os.open(root / rel, os.O_RDONLY | os.O_NOFOLLOW)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -298,7 +279,7 @@ def _hash_range(fd: int, offset: int, length: int) -> str:
     h = hashlib.sha256()
     buf = bytearray(CHUNK)
     view = memoryview(buf)
-    r = _RangeReader(fd, offset, length)
+    r = RangeReader(fd, offset, length)
     while n := r.readinto(view):
         h.update(view[:n])
     return h.hexdigest()
@@ -498,7 +479,7 @@ def write_stick(
         fd = _open_source(source_root, f.path)
         try:
             copy_to_medium(
-                _RangeReader(fd, s.offset, s.length),
+                RangeReader(fd, s.offset, s.length),
                 span_dir / _stick_rel(f, s),
                 size=s.length,
                 sha256=s.sha256,
@@ -785,7 +766,7 @@ def assemble(
                     raise AssertionError("stick root missing after require()")
                 fd = os.open(root / _stick_rel(f, s), os.O_RDONLY | os.O_NOFOLLOW)
                 try:
-                    r = _RangeReader(fd, 0, s.length)
+                    r = RangeReader(fd, 0, s.length)
                     buf = bytearray(CHUNK)
                     view = memoryview(buf)
                     while k := r.readinto(view):

@@ -10,23 +10,18 @@ The per-file step of the bundle writer (issue 8; bundle_spec/SPEC.md "Writing or
    ``.*.part`` leftovers and `is_verified` tells which final files are already complete on the
    medium, so `copy_to_medium(..., resume=True)` skips them instead of writing them again.
 
-Why not `copy_hashed` itself: it goes through `atomic_open`, which ``fchmod``s the temporary file;
-FAT file systems cannot store a mode and may refuse (kernel vfat: EPERM, unless mounted with
-``quiet``, when the mode differs from what the mount's fmask gives; fusefat: ENOSYS, as the FAT32
-tests here show), so on a FAT32 stick writes would fail. Files on media carry no meaningful mode, so
-this copy creates the file without changing its mode and is otherwise the same one-pass loop.
+The copy itself is `copy_hashed` (crash-safe, one pass); `atomic_open` under it tolerates FAT's
+inability to store a file mode for public files (ADR 0032), so the same code writes to FAT32 sticks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
-import os
 from pathlib import Path
 
-from gapferry.common.atomic import PART_SUFFIX, fsync_dir, temp_name_for
-from gapferry.common.digest import CHUNK, CopyResult, Progress, Readable
+from gapferry.common.atomic import PART_SUFFIX
+from gapferry.common.digest import CopyResult, Progress, Readable, copy_hashed
 from gapferry.common.errors import EnvironmentFailure, InvalidData
 from gapferry.common.media.readback import verify_file
 
@@ -125,19 +120,16 @@ def copy_to_medium(
         InvalidData: ``size-mismatch`` / ``digest-mismatch`` (the source is not what was
             announced); ``readback-mismatch`` (the medium did not keep the data; `dst` is removed).
     """
-    tmp = temp_name_for(dst)
     try:
-        result = _copy_hashed_no_chmod(src, tmp, size=size, sha256=sha256, progress=progress)
-        tmp.replace(dst)
-        fsync_dir(dst.parent)
+        result = copy_hashed(
+            src,
+            dst,
+            expected_size=size,
+            expected_sha256=sha256.lower() if sha256 is not None else None,
+            progress=progress,
+        )
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise media_error(e, what=dst) from e
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
     try:
         verify_file(dst, sha256=result.sha256, size=result.size, progress=verify_progress)
     except InvalidData:
@@ -145,43 +137,3 @@ def copy_to_medium(
             dst.unlink()
         raise
     return result
-
-
-def _copy_hashed_no_chmod(
-    src: Readable, tmp: Path, *, size: int, sha256: str | None, progress: Progress | None
-) -> CopyResult:
-    """Stream `src` into `tmp` (created fresh), hashing; fsync; check size and digest."""
-    h = hashlib.sha256()
-    got = 0
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as out:
-        while n := src.readinto(view):
-            got += n
-            if got > size:
-                raise InvalidData(
-                    f"{tmp.name}: source is longer than the announced {size} bytes",
-                    remedy="the source changed or lies about its size; fetch it again",
-                    code="size-mismatch",
-                )
-            h.update(view[:n])
-            out.write(view[:n])
-            if progress is not None:
-                progress(n)
-        out.flush()
-        os.fsync(out.fileno())
-    if got != size:
-        raise InvalidData(
-            f"{tmp.name}: expected {size} bytes, got {got}",
-            remedy="the source was truncated; fetch it again",
-            code="size-mismatch",
-        )
-    digest = h.hexdigest()
-    if sha256 is not None and digest != sha256.lower():
-        raise InvalidData(
-            f"{tmp.name}: expected sha256 {sha256}, got {digest}",
-            remedy="the source is corrupt or was tampered with; fetch it again",
-            code="digest-mismatch",
-        )
-    return CopyResult(sha256=digest, size=got)
