@@ -12,13 +12,46 @@ from typing import Any
 
 import click
 
-__all__ = ["main"]
+__all__ = ["SUMMARIES", "main"]
 
 _GROUP = "gapferry.commands"
 
 
+#: One-line summaries for `gapferry --help`, so that listing the commands imports none of them
+#: (start-up time; issue 11). A test checks each equals its command's own short help.
+SUMMARIES: dict[str, str] = {
+    "apply": "Verify the transfer bundle on MEDIA, install it on the devices, write the signed result.",
+    "artifact": "Mender Artifacts: inspect and verify, or write module-image artifacts.",
+    "audit": "Audit TRANSFER and the RESULT bundles that answer it; report every check.",
+    "custody": "Record and show who handled a bundle (signed events beside the signed manifest).",
+    "demo": "Run the whole round trip on this machine with no server: the embedded Mender "
+    "stand-in, a demo site, pack, apply across an isolated network namespace, ingest.",
+    "device": "Device identities: keys, preauthorization, authentication, status, cleanup.",
+    "ingest": "Verify each result bundle on MEDIA and report its outcomes to the Mender Server.",
+    "media": "Removable media: list the sticks, check a folder, eject safely.",
+    "pack": "Fetch the site's pending deployments and write one signed transfer bundle to the medium.",
+    "release": "Artifacts and deployments on the Mender Server (management API, MENDER_API_TOKEN).",
+    "selfcheck": "Pack, verify and read back a small signed bundle in a temporary folder.",
+    "sim": "A local Mender Server stand-in for tests, demos and training (never for production).",
+    "site": "Site files: the devices of one air-gapped site, as the connected side knows them.",
+    "status": "Show deployments in flight from the ledger, beside what the server says.",
+    "verify": "Verify a transfer or result bundle offline and print what was checked.",
+}
+
+
+def _shorten(text: str, limit: int) -> str:
+    """`text` cut at a word boundary to at most `limit` characters, marked with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    return text[: max(limit - 3, 1)].rsplit(" ", 1)[0].rstrip(",;:") + "..."
+
+
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
-    return {ep.name: ep for ep in importlib.metadata.entry_points(group=_GROUP)}
+    try:
+        eps = importlib.metadata.distribution("gapferry").entry_points
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare tree
+        return {}
+    return {ep.name: ep for ep in eps if ep.group == _GROUP}
 
 
 class _PluginGroup(click.Group):
@@ -47,14 +80,19 @@ class _PluginGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = []
-        for name in self.list_commands(ctx):
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max((len(n) for n in names), default=0)
+        for name in names:
+            if name in SUMMARIES:
+                rows.append((name, _shorten(SUMMARIES[name], limit)))
+                continue
             try:
                 cmd = self.get_command(ctx, name)
             except click.ClickException as e:
                 rows.append((name, f"(unavailable: {e.message})"))
                 continue
             if cmd is not None and not cmd.hidden:
-                rows.append((name, cmd.get_short_help_str(limit=formatter.width - 6 - len(name))))
+                rows.append((name, cmd.get_short_help_str(limit=limit)))
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)

@@ -98,3 +98,31 @@ def test_version_and_help() -> None:
 def test_unknown_command_is_a_usage_error() -> None:
     r = CliRunner().invoke(main, ["no-such-command"])
     assert r.exit_code == 2
+
+
+def test_help_summaries_match_each_command() -> None:
+    """`gapferry --help` lists commands from a table (so it imports none of them); the table must
+    say exactly what each command's own help says, and cover every registered command."""
+    from gapferry.common.cli import SUMMARIES
+
+    eps = {ep.name: ep for ep in importlib.metadata.entry_points(group="gapferry.commands")}
+    assert sorted(SUMMARIES) == sorted(eps)
+    for name, ep in eps.items():
+        cmd = ep.load()
+        assert SUMMARIES[name] == cmd.get_short_help_str(limit=1000), name
+
+
+def test_help_imports_no_command_module() -> None:
+    probe = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from gapferry.common.cli import main\n"
+        "r = CliRunner().invoke(main, ['--help'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print(sorted(m for m in sys.modules if m.startswith('gapferry.') and m not in "
+        "('gapferry.common', 'gapferry.common.cli')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd="/"
+    )
+    assert out.stdout.strip() == "[]"
