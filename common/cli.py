@@ -23,6 +23,7 @@ SUMMARIES: dict[str, str] = {
     "apply": "Verify the transfer bundle on MEDIA, install it on the devices, write the signed result.",
     "artifact": "Mender Artifacts: inspect and verify, or write module-image artifacts.",
     "audit": "Audit TRANSFER and the RESULT bundles that answer it; report every check.",
+    "cosign": "Verify BUNDLE, then add your signature to it (co-signing, m-of-n trust).",
     "custody": "Record and show who handled a bundle (signed events beside the signed manifest).",
     "demo": "Run the whole round trip on this machine with no server: the embedded Mender "
     "stand-in, a demo site, pack, apply across an isolated network namespace, ingest.",

@@ -3,9 +3,10 @@
 
 Exit codes: 0 every selected device done (success or already installed); 1 some device failed or
 was skipped (the result bundle is still written); 2 usage (bad options, devices file, unknown
-device or method); 3 the bundle was rejected (signature, trust threshold, expiry, clock, site,
-replay, changed media): nothing was installed and no result was written; 4 environment (the
-result could not be written to the medium, the state database failed).
+device or method, MEDIA auto without udev or with several sticks and no terminal); 3 the bundle
+was rejected (signature, trust threshold, expiry, clock, site, replay, changed media): nothing
+was installed and no result was written; 4 environment (the result could not be written to the
+medium, the state database failed, auto found no stick).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import click
 from gapferry.common.cliutil import EXIT_INCOMPLETE, emit_json, fail, handle_errors
 from gapferry.common.errors import UsageProblem
 from gapferry.common.limits import DEFAULT_LIMITS
+from gapferry.common.media.cli_support import AutoMedium, MediumPath, resolve_medium, wait_option
 from gapferry.common.signers import Signer, load_signer
 from gapferry.common.trust import TrustPolicy
 from gapferry.isolated.apply import ApplyResult, BundleRejected, apply_bundle
@@ -112,7 +114,8 @@ def _next_steps(result: ApplyResult) -> list[str]:
 
 
 @click.command("apply")
-@click.argument("media", type=click.Path(path_type=Path, exists=True))
+@click.argument("media", type=MediumPath(click.Path(path_type=Path, exists=True)))
+@wait_option
 @click.option(
     "--trust",
     "trust_path",
@@ -155,7 +158,8 @@ def _next_steps(result: ApplyResult) -> list[str]:
 @click.option("--json", "json_output", is_flag=True, help="Print one JSON document.")
 @handle_errors
 def apply(  # noqa: PLR0917 - click passes options as parameters
-    media: Path,
+    media: Path | AutoMedium,
+    wait: bool,
     trust_path: Path,
     threshold: int,
     devices_path: Path,
@@ -169,6 +173,10 @@ def apply(  # noqa: PLR0917 - click passes options as parameters
 ) -> None:
     """Verify the transfer bundle on MEDIA, install it on the devices, write the signed result.
 
+    MEDIA is the medium's folder (or the bundle's), or auto: the one mounted removable medium
+    (asks which when there are several; needs udev); with --wait, waits for a stick to be
+    inserted.
+
     \b
     Nothing is installed unless the bundle's signatures meet the trust policy, it has not
     expired, this computer's clock is plausible, it is for this site and not older than one
@@ -177,9 +185,18 @@ def apply(  # noqa: PLR0917 - click passes options as parameters
     Running the same bundle again resumes: finished devices are not touched twice.
 
     \b
+    Examples:
+      gapferry apply /media/stick --trust packers_allowed_signers --devices devices.toml \\
+          --sign ~/.ssh/id_ed25519 --dry-run
+      gapferry apply auto --wait --trust packers_allowed_signers --devices devices.toml \\
+          --sign ~/.ssh/id_ed25519
+
+    \b
     Exit codes: 0 all done; 1 some device failed or was skipped (results still written);
-    2 usage; 3 bundle rejected (nothing installed); 4 environment (e.g. medium not writable).
+    2 usage (e.g. auto without udev, or several sticks and no terminal to ask); 3 bundle
+    rejected (nothing installed); 4 environment (e.g. no stick found, medium not writable).
     """
+    folder = resolve_medium(media, wait=wait, how="gapferry apply /media/stick ...")
     devices = load_devices_file(devices_path)
     policy = TrustPolicy.from_file(trust_path, threshold=threshold)
     signers: list[Signer] = []
@@ -196,7 +213,7 @@ def apply(  # noqa: PLR0917 - click passes options as parameters
     with AppliedRecord(state_path or default_state_path()) as record:
         try:
             result = apply_bundle(
-                media,
+                folder,
                 policy=policy,
                 devices=devices,
                 record=record,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 from gapferry.common.cliutil import emit_json, handle_errors
+from gapferry.common.media.cli_support import AutoMedium, MediumPath, resolve_medium, wait_option
 from gapferry.common.trust import TrustPolicy
 from gapferry.connected import ingest as ops
 from gapferry.connected.cli._common import (
@@ -22,7 +23,8 @@ __all__ = ["ingest"]
 
 
 @click.command()
-@click.argument("media", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("media", type=MediumPath(click.Path(exists=True, file_okay=False, path_type=Path)))
+@wait_option
 @click.option(
     "--trust",
     "trust_file",
@@ -41,23 +43,36 @@ __all__ = ["ingest"]
 @json_option
 @handle_errors
 def ingest(
-    *, media: Path, trust_file: Path, threshold: int, state_dir: Path | None, json_output: bool
+    *,
+    media: Path | AutoMedium,
+    wait: bool,
+    trust_file: Path,
+    threshold: int,
+    state_dir: Path | None,
+    json_output: bool,
 ) -> None:
     """Verify each result bundle on MEDIA and report its outcomes to the Mender Server.
+
+    MEDIA is the medium's folder, or auto: the one mounted removable medium (asks which when
+    there are several; needs udev); with --wait, waits for a stick to be inserted.
 
     Per device: the log on failure, the final status in order, inventory; the ledger records the
     device's new artifact. A bundle ingested before is not reported again. A deployment aborted
     on the server meanwhile is recorded and shown, not fatal.
 
     \b
-    Example:
+    Examples:
       gapferry ingest /media/stick --trust ~/.config/gapferry/appliers_allowed_signers
+      gapferry ingest auto --wait --trust ~/.config/gapferry/appliers_allowed_signers
     \b
-    Exit codes: 0 all reported, 1 a bundle was rejected or reports are still owed.
+    Exit codes: 0 all reported, 1 a bundle was rejected or reports are still owed, 2 usage
+    (e.g. auto without udev, or several sticks and no terminal to ask), 4 environment (e.g. no
+    stick found, server unreachable).
     """
+    folder = resolve_medium(media, wait=wait, how="gapferry ingest /media/stick")
     policy = TrustPolicy.from_file(trust_file, threshold=threshold)
     with open_session(state_dir, command="ingest") as session:
-        report = ops.ingest(session, media, trust=policy, now=time.time())
+        report = ops.ingest(session, folder, trust=policy, now=time.time())
     rows = [r.to_dict() for r in report.rows]
     if json_output:
         emit_json(

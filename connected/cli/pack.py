@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 from gapferry.common.cliutil import emit_json, handle_errors
+from gapferry.common.media.cli_support import AutoMedium, MediumPath, resolve_medium, wait_option
 from gapferry.common.signers import load_signer
 from gapferry.connected import pack as ops
 from gapferry.connected.cli._common import (
@@ -41,9 +42,12 @@ def _signer_passphrase() -> bytes:
     "--to",
     "media",
     required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="The mounted removable medium (its root folder).",
+    type=MediumPath(click.Path(exists=True, file_okay=False, path_type=Path)),
+    metavar="FOLDER|auto",
+    help="The mounted removable medium (its root folder), or auto: the one mounted removable "
+    "medium (asks which when there are several; needs udev).",
 )
+@wait_option
 @click.option(
     "--sign",
     "sign_key",
@@ -80,7 +84,8 @@ def _signer_passphrase() -> bytes:
 def pack(
     *,
     site_file: Path,
-    media: Path,
+    media: Path | AutoMedium,
+    wait: bool,
     sign_key: str,
     artifact_key: Path | None,
     device_name: str | None,
@@ -99,11 +104,15 @@ def pack(
     \b
     Examples:
       gapferry pack --site plant-north.toml --to /media/stick --sign ~/.ssh/id_ed25519
+      gapferry pack --site plant-north.toml --to auto --wait --sign ~/.ssh/id_ed25519
       gapferry pack --site plant-north.toml --to /media/stick --sign ~/.ssh/ops.pub \\
           --artifact-key release-signing.pub.pem --json
     \b
-    Exit codes: 0 packed (or nothing to do), 1 some device failed, 4 server/media problem.
+    Exit codes: 0 packed (or nothing to do), 1 some device failed, 2 usage (e.g. --to auto
+    without udev, or several sticks and no terminal to ask), 4 server/media problem (e.g. no
+    stick found).
     """
+    folder = resolve_medium(media, wait=wait, how="--to /media/stick")
     s = load_site(site_file)
     signer = load_signer(sign_key, passphrase=_signer_passphrase)
     key = artifact_key.read_bytes() if artifact_key else None
@@ -113,7 +122,7 @@ def pack(
         report = ops.pack(
             session,
             s,
-            media=media,
+            media=folder,
             signer=signer,
             artifact_key=key,
             repack=repack,
