@@ -99,6 +99,7 @@ class _Packer:
         self.artifact_key = artifact_key
         self.repack = repack
         self.progress = progress
+        self._names: dict[str, str | None] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -301,11 +302,13 @@ class _Packer:
 
     # --- the site's bundle ------------------------------------------------------------------
     def _deployment_name(self, deployment_id: str, fallback: str) -> str:
-        if self.session.has_management:
-            name = self.session.management.deployment_name(deployment_id)
-            if name:
-                return name
-        return fallback
+        """The deployment's name, asked once per deployment (not per device) per run."""
+        if deployment_id not in self._names:
+            name = None
+            if self.session.has_management:
+                name = self.session.management.deployment_name(deployment_id)
+            self._names[deployment_id] = name
+        return self._names[deployment_id] or fallback
 
     def _items(self, deps: list[DeploymentRow]) -> list[bundle_io.PackItem]:
         site = self.site.name

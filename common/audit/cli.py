@@ -44,8 +44,8 @@ def _read_artifact_key(path: Path) -> bytes:
 
 
 @click.command()
-@click.argument("transfer", type=click.Path(path_type=Path, file_okay=False))
-@click.argument("results", nargs=-1, type=click.Path(path_type=Path, file_okay=False))
+@click.argument("transfer", type=click.Path(path_type=Path))
+@click.argument("results", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
     "--trust",
     "trust",
@@ -81,7 +81,8 @@ def audit(  # noqa: PLR0917 - click passes one argument per option
     Checks each signature (signer, key fingerprint, certificate), the threshold, validity and
     expiry, every file's sha256, each artifact's Mender signature (with --artifact-key), the
     custody chains, each device's outcome and timeline, and the discrepancies between the
-    bundles. RESULT may also be a medium holding result bundles.
+    bundles. RESULT may also be a medium holding result bundles. TRANSFER and RESULT may be
+    single-file bundles (.tar): each is extracted into a temporary folder and audited there.
 
     Exit codes: 0 every check passed; 1 a check failed or a discrepancy was found; 2 usage;
     3 evidence incomplete or unreadable.

@@ -1,57 +1,55 @@
 """Read one bundle folder for an audit: every check the reader makes, recorded instead of raised
 (the I/O shell of `gapferry audit`; bundle_spec/VERIFYING.md sections 2-6).
 
-Unlike `gapferry.common.bundle.open_bundle`, which stops at the first problem, this reader keeps
-going where that is safe and records each finding as a `Check`, so that the report lists every
-check and its outcome. The safety rules are the same: no links, no devices, no hard links, sizes
-within `Limits`, signatures verified (by the pure core `verify_*_manifest`) before the manifest is
-decoded. The ``custody/`` folder is read with `read_custody_folder`.
+The rules are not repeated here: each check is a step of the bundle reader
+(`gapferry.common.bundle.scan.scan_folder` and `gapferry.common.bundle.steps`), the same steps
+`open_bundle` composes. Where `open_bundle` stops at the first error, this module catches the
+`GapferryError` a step raises, records it as a `Check` (or a `FileRow`) and goes on where the next
+step still has what it needs. The ``custody/`` folder's events are read with
+`read_custody_folder`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+from typing import TypeVar
 
 from gapferry.common.artifact.reader import read_artifact
-from gapferry.common.audit.custody import CUSTODY_DIR, CustodyFolder, read_custody_folder
+from gapferry.common.audit.custody import CustodyFolder, read_custody_folder
 from gapferry.common.audit.model import ArtifactRow, Check, FileRow, Status
-from gapferry.common.bundle.canonical import decode_manifest, manifest_sha256, render_sha256sums
-from gapferry.common.bundle.layout import (
-    ARTIFACTS_DIR,
-    CHECKSUMS_NAME,
-    LOGS_DIR,
-    MANIFEST_NAME,
-    MARKER_NAME,
-    Kind,
-    is_ignored_name,
-    kind_of_dir_name,
-    namespace_for,
-    parse_marker,
-    signature_name,
+from gapferry.common.bundle.canonical import decode_manifest, manifest_sha256
+from gapferry.common.bundle.layout import CHECKSUMS_NAME, Kind, namespace_for
+from gapferry.common.bundle.model import FileEntry, LogLine, TransferManifest
+from gapferry.common.bundle.read import ArtifactStream
+from gapferry.common.bundle.scan import BundleListing, bundle_kind, scan_folder
+from gapferry.common.bundle.steps import (
+    check_checksums,
+    check_file_digest,
+    check_folder_name,
+    check_joined_parts,
+    check_marker,
+    check_no_unlisted,
+    check_present,
+    hash_file,
+    read_log,
+    read_manifest,
+    read_marker,
+    read_signatures,
+    unlisted_files,
+    verify_manifest,
 )
-from gapferry.common.bundle.model import LogLine, TransferManifest
-from gapferry.common.bundle.read import ArtifactStream, OpenedBundle
-from gapferry.common.bundle.verify import (
-    VerifiedResult,
-    VerifiedTransfer,
-    verify_result_manifest,
-    verify_transfer_manifest,
-)
-from gapferry.common.digest import CHUNK
-from gapferry.common.errors import GapferryError, IncompleteBundle, InvalidData, UsageProblem
+from gapferry.common.bundle.verify import VerifiedResult, VerifiedTransfer
+from gapferry.common.errors import GapferryError, IncompleteBundle, InvalidData
 from gapferry.common.limits import Limits
-from gapferry.common.safepath import checked_relpath, open_regular
 from gapferry.common.trust import TrustPolicy, TrustResult, evaluate
 
 __all__ = ["BundleInput", "gather_bundle"]
 
-_MARKER_MAX = 256
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,146 +81,91 @@ class _Recorder:
         self.checks.append(Check(scope=self.scope, name=name, status=status, summary=summary))
 
     def error(self, name: str, err: GapferryError) -> None:
-        status: Status = "incomplete" if isinstance(err, IncompleteBundle) else "fail"
-        self.add(name, status, f"{err.code}: {err.message}")
+        self.add(name, _status_of(err), f"{err.code}: {err.message}")
 
 
-def _read_small(root: Path, rel: str, limit: int) -> bytes | None:
-    """At most `limit` bytes of a regular file (None when absent).
+def _status_of(err: GapferryError) -> Status:
+    return "incomplete" if isinstance(err, IncompleteBundle) else "fail"
+
+
+def _scan(root: Path, kind: Kind, limits: Limits, rec: _Recorder) -> BundleListing:
+    """`scan_folder`, recording every unsafe or unexpected entry in one ``layout`` check.
 
     Raises:
-        InvalidData: ``too-large`` beyond `limit`; ``bad-path`` for links and special files.
+        InvalidData: ``too-many-files`` (the listing is not bounded: nothing more can be read).
     """
-    try:
-        fd = open_regular(root, PurePosixPath(rel))
-    except FileNotFoundError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise InvalidData(
-            f"{rel} is larger than the limit of {limit} bytes",
-            remedy="do not use this bundle",
-            code="too-large",
-        )
-    return data
-
-
-def _scan(root: Path, kind: Kind, limits: Limits, rec: _Recorder) -> tuple[dict[str, int], int]:
-    """Content files (path -> size) and the number of signature files; unsafe and unexpected
-    entries are recorded as failed checks."""
-    fixed = {MANIFEST_NAME, CHECKSUMS_NAME, MARKER_NAME}
-    sig_names = {signature_name(i) for i in range(1, limits.signatures + 1)}
-    subdir = ARTIFACTS_DIR if kind == "transfer" else LOGS_DIR
-    budget = limits.files + limits.signatures + 16
-    content: dict[str, int] = {}
-    sigs = 0
-    problems: list[str] = []
-
-    def listing(folder: Path) -> list[os.DirEntry[str]]:
-        found: list[os.DirEntry[str]] = []
-        with os.scandir(folder) as it:
-            for e in it:
-                found.append(e)
-                if len(found) > budget:
-                    raise InvalidData(
-                        f"{folder.name} holds more than {budget} entries",
-                        remedy="do not use this bundle",
-                        code="too-many-files",
-                    )
-        return sorted(found, key=lambda e: e.name)
-
-    def skip(name: str) -> bool:
-        return is_ignored_name(name) or (name.startswith(".") and name.endswith(".part"))
-
-    for e in listing(root):
-        if skip(e.name):
-            continue
-        st = e.stat(follow_symlinks=False)
-        if stat.S_ISLNK(st.st_mode):
-            problems.append(f"{e.name} is a symbolic link")
-        elif stat.S_ISDIR(st.st_mode) and e.name == CUSTODY_DIR:
-            continue  # read by read_custody_folder
-        elif stat.S_ISDIR(st.st_mode) and e.name == subdir:
-            for sub in listing(Path(e.path)):
-                rel = f"{subdir}/{sub.name}"
-                if skip(sub.name):
-                    continue
-                sst = sub.stat(follow_symlinks=False)
-                if not stat.S_ISREG(sst.st_mode) or sst.st_nlink > 1:
-                    problems.append(f"{rel} is a link, a hard link or not a regular file")
-                else:
-                    content[rel] = sst.st_size
-        elif not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
-            problems.append(f"{e.name} is a link, a hard link or not a regular file")
-        elif e.name in sig_names:
-            sigs += 1
-        elif e.name not in fixed:
-            problems.append(f"unexpected file {e.name}")
+    problems: list[InvalidData] = []
+    listing = scan_folder(root, kind, limits, report=problems.append)
     if problems:
-        rec.add("layout", "fail", "; ".join(problems))
+        rec.add("layout", "fail", "; ".join(f"{e.code}: {e.message}" for e in problems))
     else:
         rec.add("layout", "pass", "only the files the format allows; no links or special files")
-    return content, sigs
+    return listing
 
 
-def _hash(root: Path, rel: str, size: int) -> tuple[int, str]:
-    """Size read (at most `size` + 1) and sha256 of a content file."""
-    fd = open_regular(root, checked_relpath(rel))
-    h = hashlib.sha256()
-    total = 0
-    view = memoryview(bytearray(CHUNK))
-    with os.fdopen(fd, "rb", buffering=0) as f:
-        while n := f.readinto(view):
-            total += n
-            if total > size:
-                break
-            h.update(view[:n])
-    return total, h.hexdigest()
+def _file_row(f: FileEntry, err: GapferryError | None, digest: str | None) -> FileRow:
+    if err is None:
+        return FileRow(path=f.path, size=f.size, sha256=f.sha256, status="pass")
+    found = f"sha256 {digest}" if err.code == "digest-mismatch" else f"{err.code}: {err.message}"
+    return FileRow(path=f.path, size=f.size, sha256=f.sha256, status=_status_of(err), found=found)
 
 
 def _check_files(
-    root: Path, verified: VerifiedTransfer | VerifiedResult, present: dict[str, int]
+    root: Path,
+    verified: VerifiedTransfer | VerifiedResult,
+    present: Mapping[str, int],
+    rec: _Recorder,
 ) -> list[FileRow]:
-    rows: list[FileRow] = []
-    listed = {f.path for f in verified.manifest.files}
-    for f in verified.manifest.files:
-        if f.path not in present:
-            rows.append(
-                FileRow(
-                    path=f.path, size=f.size, sha256=f.sha256, status="incomplete", found="missing"
-                )
-            )
-            continue
+    """One row per listed file (`check_present`, `hash_file`, `check_file_digest`), one per
+    unlisted file (`check_no_unlisted`), and a ``parts`` check per split artifact
+    (`check_joined_parts`)."""
+    manifest = verified.manifest
+    rows: dict[str, FileRow] = {}
+
+    def check(f: FileEntry, whole: object = None) -> bool:
+        digest: str | None = None
         try:
-            size, digest = _hash(root, f.path, f.size)
-        except InvalidData as e:
-            rows.append(
-                FileRow(path=f.path, size=f.size, sha256=f.sha256, status="fail", found=e.message)
-            )
-            continue
-        if size < f.size:
-            found, status = f"{size} bytes (truncated)", "incomplete"
-        elif size > f.size:
-            found, status = f"more than {f.size} bytes", "fail"
-        elif digest != f.sha256:
-            found, status = f"sha256 {digest}", "fail"
-        else:
-            found, status = None, "pass"
-        rows.append(
-            FileRow(path=f.path, size=f.size, sha256=f.sha256, status=status, found=found)  # type: ignore[arg-type]
-        )
-    for rel in sorted(set(present) - listed):
-        rows.append(
+            check_present(f, present)
+            digest = hash_file(root, f, whole=whole)
+            check_file_digest(f, digest)
+        except GapferryError as e:
+            rows[f.path] = _file_row(f, e, digest)
+            return False
+        rows[f.path] = _file_row(f, None, digest)
+        return True
+
+    by_path = {f.path: f for f in manifest.files}
+    if isinstance(manifest, TransferManifest):
+        for a in manifest.artifacts:
+            if not a.parts:
+                continue
+            whole = hashlib.sha256()
+            # Every part is checked (no short cut), in order, feeding the joined hash.
+            ok = [check(by_path[rel], whole) for rel in a.parts]
+            if all(ok):
+                try:
+                    check_joined_parts(a, whole.hexdigest())
+                    rec.add("parts", "pass", f"artifact {a.name!r}: {len(a.parts)} parts joined")
+                except GapferryError as e:
+                    rec.error("parts", e)
+    for f in manifest.files:
+        if f.path not in rows:
+            check(f)
+    out = [rows[f.path] for f in manifest.files]
+    try:
+        check_no_unlisted(manifest.files, present)
+    except GapferryError as e:
+        out += [
             FileRow(
                 path=rel,
                 size=present[rel],
                 sha256="-",
-                status="fail",
-                found="not listed in the manifest",
+                status=_status_of(e),
+                found=f"{e.code}: not listed in the manifest",
             )
-        )
-    return rows
+            for rel in unlisted_files(manifest.files, present)
+        ]
+    return out
 
 
 def _verify(
@@ -243,17 +186,7 @@ def _verify(
         rec.error("signatures", e)
         trust = None
     try:
-        if kind == "transfer":
-            return (
-                trust,
-                verify_transfer_manifest(raw, sigs, policy=policy, now=now, limits=limits),
-                False,
-            )
-        return (
-            trust,
-            verify_result_manifest(raw, sigs, policy=policy, now=now, limits=limits),
-            False,
-        )
+        verified = verify_manifest(raw, sigs, kind=kind, policy=policy, now=now, limits=limits)
     except InvalidData as e:
         if e.code == "expired" and kind == "transfer" and trust is not None:
             # Expiry is the last step of verification: everything before it passed, so the
@@ -265,10 +198,11 @@ def _verify(
             return trust, verified, True
         rec.error("manifest", e)
         return trust, None, False
+    return trust, verified, False
 
 
 def _check_artifacts(
-    opened: OpenedBundle, manifest: TransferManifest, artifact_key: bytes | None, limits: Limits
+    root: Path, manifest: TransferManifest, artifact_key: bytes | None, limits: Limits
 ) -> list[ArtifactRow]:
     rows = []
     for a in manifest.artifacts:
@@ -286,7 +220,7 @@ def _check_artifacts(
             )
             continue
         try:
-            with ArtifactStream(opened.path, a, limits) as stream:
+            with ArtifactStream(root, a, limits) as stream:
                 info = read_artifact(stream, verify_key=artifact_key, limits=limits)
         except GapferryError as e:
             rows.append(
@@ -313,6 +247,30 @@ def _check_artifacts(
     return rows
 
 
+class _Failed:
+    """What `_attempt` returns when the step raised (the failure is recorded)."""
+
+
+_FAILED = _Failed()
+
+
+def _attempt(
+    rec: _Recorder, name: str, step: Callable[[], T], *, passed: str | None = None
+) -> T | _Failed:
+    """Run one reader step; record its error (or, with `passed`, its success) as check `name`."""
+    try:
+        value = step()
+    except GapferryError as e:
+        rec.error(name, e)
+        return _FAILED
+    except OSError as e:
+        rec.add(name, "fail", f"unreadable: {e.strerror or e}")
+        return _FAILED
+    if passed is not None:
+        rec.add(name, "pass", passed)
+    return value
+
+
 def gather_bundle(
     path: Path,
     *,
@@ -320,53 +278,47 @@ def gather_bundle(
     now: datetime,
     limits: Limits,
     artifact_key: bytes | None = None,
+    folder_checks: Sequence[Check] = (),
 ) -> BundleInput:
     """Read and check the bundle folder `path`, recording every finding.
+
+    The steps are the bundle reader's (`gapferry.common.bundle.scan`, `.steps`), in the
+    reader's order (SPEC 8): marker, layout, manifest, signatures, verification, folder name,
+    marker binding, checksums, files, artifacts or logs. Where the reader stops, the audit goes
+    on as long as what it needs was read. `folder_checks` come first (the single-file form's
+    own checks, when the folder was extracted from a tar).
 
     Raises:
         UsageProblem: ``not-a-bundle`` when `path` is not a bundle folder.
     """
     root = Path(path)
-    kind = kind_of_dir_name(root.name)
-    if kind is None or root.is_symlink() or not root.is_dir():
-        raise UsageProblem(
-            f"{root} is not a bundle folder (transfer-... or result-...)",
-            remedy="pass bundle folders (gapferry/transfer-... and gapferry/result-...)",
-            code="not-a-bundle",
-        )
+    kind = bundle_kind(root)
     rec = _Recorder(root.name)
-    try:
-        present, _ = _scan(root, kind, limits, rec)
-        marker = _read_small(root, MARKER_NAME, _MARKER_MAX)
-        raw = _read_small(root, MANIFEST_NAME, limits.manifest_bytes)
-        sig_files: list[str] = []
-        sigs: list[bytes] = []
-        for i in range(1, limits.signatures + 1):
-            data = _read_small(root, signature_name(i), limits.signature_bytes)
-            if data is not None:
-                sig_files.append(signature_name(i))
-                sigs.append(data)
-        sums = _read_small(root, CHECKSUMS_NAME, 64 + (limits.files + 1) * 600)
-    except (InvalidData, OSError) as e:
-        err = e if isinstance(e, InvalidData) else InvalidData(str(e), remedy="", code="unreadable")
-        rec.error("readable", err)
+    rec.checks += folder_checks
+    bound = _attempt(rec, "marker", lambda: read_marker(root))
+    listing = _attempt(rec, "layout", lambda: _scan(root, kind, limits, rec))
+    if isinstance(listing, _Failed):
         return BundleInput(folder=root.name, kind=kind, checks=rec.checks)
-    bound = parse_marker(marker) if marker is not None else None
-    if raw is None:
-        rec.add("manifest", "incomplete", f"{MANIFEST_NAME} is missing")
+    raw = _attempt(rec, "manifest", lambda: read_manifest(root, limits))
+    if isinstance(raw, _Failed):
         return BundleInput(folder=root.name, kind=kind, checks=rec.checks)
+    sig_files = listing.signature_files
+    sigs = _attempt(rec, "signatures", lambda: read_signatures(root, sig_files, limits))
+    if isinstance(sigs, _Failed):
+        return BundleInput(
+            folder=root.name, kind=kind, checks=rec.checks, signature_files=sig_files
+        )
     trust, verified, expired = _verify(
         raw, sigs, kind, policy=policy, now=now, limits=limits, rec=rec
     )
-    digest = manifest_sha256(raw)
-    if marker is None:
-        rec.add("marker", "incomplete", f"no completion marker ({MARKER_NAME})")
-    elif bound is None:
-        rec.add("marker", "incomplete", "the completion marker is malformed")
-    elif bound != digest:
-        rec.add("marker", "fail", f"the marker binds manifest sha256 {bound}, not {digest}")
-    else:
-        rec.add("marker", "pass", f"the completion marker binds manifest sha256 {digest}")
+    if isinstance(bound, str):
+        digest = manifest_sha256(raw)
+        _attempt(
+            rec,
+            "marker",
+            lambda: check_marker(root, bound, digest),
+            passed=f"the completion marker binds manifest sha256 {digest}",
+        )
     custody: CustodyFolder | None
     try:
         custody = read_custody_folder(root, limits=limits)
@@ -378,37 +330,29 @@ def gather_bundle(
             folder=root.name,
             kind=kind,
             checks=rec.checks,
-            signature_files=tuple(sig_files),
+            signature_files=sig_files,
             trust=trust,
             custody=custody,
         )
     m = verified.manifest
-    if sums is None:
-        rec.add("checksums", "incomplete", f"{CHECKSUMS_NAME} is missing")
-    elif hashlib.sha256(sums).hexdigest() != m.checksums_sha256:
-        rec.add("checksums", "fail", f"{CHECKSUMS_NAME}: sha256 differs from checksums_sha256")
-    elif sums != render_sha256sums(m.files):
-        rec.add("checksums", "fail", f"{CHECKSUMS_NAME} does not list exactly the manifest's files")
-    else:
-        rec.add(
-            "checksums", "pass", f"{CHECKSUMS_NAME} matches the manifest ({len(m.files)} files)"
-        )
-    files = _check_files(root, verified, present)
-    opened = OpenedBundle(
-        path=root,
-        kind=kind,
-        verified=verified,
-        signature_files=tuple(sig_files),
-        files=(),
-        ignored=(),
-        limits=limits,
+    _attempt(
+        rec,
+        "name",
+        lambda: check_folder_name(root, m),
+        passed="the folder is named for its manifest (site, sequence, id)",
     )
+    _attempt(
+        rec,
+        "checksums",
+        lambda: check_checksums(root, m, limits),
+        passed=f"{CHECKSUMS_NAME} matches the manifest ({len(m.files)} files)",
+    )
+    files = _check_files(root, verified, listing.content, rec)
     artifacts: list[ArtifactRow] = []
     logs: dict[str, list[LogLine]] = {}
-    files_ok = all(f.status == "pass" for f in files)
-    if isinstance(verified, VerifiedTransfer):
-        if files_ok:
-            artifacts = _check_artifacts(opened, verified.manifest, artifact_key, limits)
+    if isinstance(m, TransferManifest):
+        if all(f.status == "pass" for f in files):
+            artifacts = _check_artifacts(root, m, artifact_key, limits)
         else:
             artifacts = [
                 ArtifactRow(
@@ -419,24 +363,21 @@ def gather_bundle(
                     status="incomplete",
                     signature="not checked: the bundle's files did not verify",
                 )
-                for a in verified.manifest.artifacts
+                for a in m.artifacts
             ]
     else:
-        for d in verified.manifest.devices:
+        for d in m.devices:
             if d.log is None:
                 continue
             try:
-                logs[d.name] = opened.read_log(d.name)
-            except InvalidData as e:
-                rec.error(
-                    "log",
-                    InvalidData(f"device {d.name!r}: {e.message}", remedy=e.remedy, code=e.code),
-                )
+                logs[d.name] = read_log(root, d.log, limits)
+            except GapferryError as e:
+                rec.add("log", _status_of(e), f"{e.code}: device {d.name!r}: {e.message}")
     return BundleInput(
         folder=root.name,
         kind=kind,
         checks=rec.checks,
-        signature_files=tuple(sig_files),
+        signature_files=sig_files,
         trust=trust,
         verified=verified,
         expired=expired,

@@ -6,7 +6,8 @@ The public surface, for pack, ingest and apply:
 - the pure core: `verify_transfer_manifest`, `verify_result_manifest` -> `VerifiedTransfer`,
   `VerifiedResult`; `check_not_replayed`;
 - reading media: `open_bundle` -> `OpenedBundle` (`.transfer`, `.result`, `.open_artifact`,
-  `.read_log`), `find_bundles`;
+  `.read_log`), `find_bundles`; its individual checks, for callers that record rather than
+  stop (`gapferry audit`): `scan.scan_folder` and the steps in `steps`;
 - writing: `write_transfer_bundle`, `write_result_bundle`, `cosign`;
 - the single-file form: `to_tar`, `from_tar`.
 """

@@ -32,7 +32,7 @@ from gapferry.common.limits import Limits
 from gapferry.common.safepath import checked_relpath
 from gapferry.common.trust import TrustPolicy
 
-__all__ = ["from_tar", "to_tar"]
+__all__ = ["extract_tar", "from_tar", "to_tar"]
 
 _REMEDY = "do not use this file; ask the sender for a new one"
 
@@ -99,8 +99,16 @@ def _bad(what: str, code: str = "unsafe-file") -> InvalidData:
     return InvalidData(f"single-file bundle: {what}", remedy=_REMEDY, code=code)
 
 
-def _extract(tar_path: Path, work: Path, limits: Limits) -> str:
-    """Extract into `work`, refusing anything a bundle cannot contain; return the folder name."""
+def extract_tar(tar_path: Path, work: Path, limits: Limits) -> str:
+    """Extract the single-file form into `work`, refusing anything a bundle cannot contain
+    (SPEC 3.8), and return the bundle folder's name. The content is NOT verified: callers run
+    `open_bundle` (as `from_tar` does) or the audit's checks on the extracted folder.
+
+    Raises:
+        InvalidData: ``not-a-tar``, ``not-a-bundle``, ``unsafe-file``, ``bad-path``,
+            ``too-many-files``, ``too-large``.
+        IncompleteBundle: the tar is damaged or cut short.
+    """
     top: str | None = None
     seen: set[str] = set()
     budget = limits.files + limits.signatures + 16
@@ -180,7 +188,7 @@ def from_tar(
     dest.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".incoming-", dir=dest))
     try:
-        top = _extract(Path(tar_path), work, limits)
+        top = extract_tar(Path(tar_path), work, limits)
         try:
             opened = open_bundle(work / top, policy=policy, now=now, limits=limits)
         except UsageProblem as e:

@@ -42,9 +42,7 @@ def test_lifecycle_two_hundred_devices(tmp_path: Path) -> None:
     w = World(tmp_path, devices=200)
     try:
         dep_id = w.release()
-        t0 = time.monotonic()
         report = w.pack()
-        pack_s = time.monotonic() - t0
         assert report.ok, [r for r in report.rows if not r.ok][:3]
         assert {r.action for r in report.rows} == {"packed"}
         assert report.bundle_path is not None
@@ -53,6 +51,14 @@ def test_lifecycle_two_hundred_devices(tmp_path: Path) -> None:
         assert len(transfer.artifacts) == 1  # downloaded and stored once
         downloads = [r for r in w.sim.requests if r.path.startswith("/sim/download/")]
         assert len(downloads) == 1
+        # The deployment's name is asked once per deployment, not once per device.
+        lookups = [
+            r
+            for r in w.sim.requests
+            if r.method == "GET"
+            and r.path == f"/api/management/v1/deployments/deployments/{dep_id}"
+        ]
+        assert len(lookups) == 1
         w.write_result(report.bundle_path, outcomes={"pump-007": "failure"})
         ing = w.ingest()
         assert ing.ok, ing.reports_failed
@@ -68,7 +74,6 @@ def test_lifecycle_two_hundred_devices(tmp_path: Path) -> None:
         assert w.sim.strict_violations == []
         logs = [r for r in w.sim.requests if r.path.endswith("/log")]
         assert len(logs) == 1
-        assert pack_s < 60
     finally:
         w.close()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -194,12 +193,10 @@ def test_resolve_auto_wait_takes_the_stick_inserted_meanwhile(
     timer = threading.Timer(0.3, inserted.set)
     timer.start()
     try:
-        t0 = time.monotonic()
         got = resolve_medium(AUTO, wait=True, how="x", lister=lister, udev=True)
     finally:
         timer.cancel()
-    assert got == tmp_path
-    assert time.monotonic() - t0 < 5
+    assert got == tmp_path  # found while waiting (a timeout raises)
 
 
 # --- the commands, with udev faked at the pyudev seam -----------------------------------------
