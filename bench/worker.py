@@ -1,11 +1,17 @@
 """Benchmark operations that run in a child process of `bench/run.py`, one per invocation.
 
-Each operation is a library call into gapferry (where no CLI drives it on its own), so the parent
-can measure the child's wall time and peak RSS (``os.wait4``) without its own memory in the figure.
-The operation prints one JSON object on stdout with its internal timings.
+Each operation runs in its own process, so the parent can measure its wall time and peak RSS
+(``os.wait4``) without the parent's memory in the figure; it prints one JSON object on stdout.
 
     python bench/worker.py pack '{"media": ..., "key": ..., "sources": [[path, sha256, size], ...]}'
+    python bench/worker.py copy-overlapped '{"src": ..., "dst": ..., "sha256": ..., "size": ...}'
     python bench/worker.py verify-parallel '{"bundle": ..., "trust": ..., "jobs": 2}'
+    python bench/worker.py apply '{"work": ..., "gapferry": ..., "size": ..., "runs": 3}'
+    python bench/worker.py fleet '{"work": ..., "gapferry": ..., "devices": 1000, "seeds": 50}'
+    python bench/worker.py cli-patched pack|ingest ARGS...   # prototype, see cli_patched
+
+`copy-overlapped`, `verify-parallel` and `cli-patched` are prototypes of proposed changes to code
+other people own; they live here only to measure what the change would give.
 
 Not a test and not part of the product: nothing here is imported by gapferry.
 """
