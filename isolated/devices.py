@@ -24,6 +24,12 @@ It lives on the isolated side only and never travels in a transfer bundle (issue
     path = "/mnt/hmi-2"                     # the device's root file system, mounted
     artifact_verify_key = "keys/other.pem"  # optional per-device override
 
+    [devices.panel-3]
+    method = "file-sftp"                    # file placement over SFTP (ADR 0054)
+    host = "10.1.2.4"                       # port, user, identity_file, known_hosts, ssh_config
+    root = "/"                              #   as for mender-ssh; root: the folder on the device
+                                            #   under which dest_dir is placed (default "/")
+
 Relative paths are relative to the devices file's folder; ``~`` is expanded. Unknown keys are
 refused (a typo must not silently turn a check off).
 """
@@ -65,6 +71,9 @@ class DeviceTarget(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     command_timeout: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 4 * 3600
     # file
     path: _Text | None = None
+    # file-sftp (also host, port, user, identity_file, known_hosts, ssh_config, check_command)
+    #: The folder on the device under which dest_dir paths are placed.
+    root: _Text = "/"
     # both
     artifact_verify_key: _Text | None = None
     #: Settings for installers added later (vendor-specific); ignored by the built-in ones.
@@ -132,6 +141,13 @@ def load_devices_file(path: Path) -> DevicesFile:
             raise InvalidData(
                 f"devices file {path}: device {name!r} uses mender-ssh but has no host",
                 remedy="add host = ... (an address or an OpenSSH Host alias)",
+                code="bad-devices-file",
+            )
+        if t.method == "file-sftp" and (not t.host or not t.root.startswith("/")):
+            raise InvalidData(
+                f"devices file {path}: device {name!r} uses file-sftp but has no host or a"
+                f" relative root ({t.root!r})",
+                remedy="add host = ... and make root an absolute folder on the device",
                 code="bad-devices-file",
             )
         if t.method == "file" and not t.path:

@@ -1,8 +1,9 @@
 """The installer interface and its registry (ADR 0051).
 
 An installer puts one verified artifact on one device and reports what happened. Built in:
-``mender-ssh`` (`gapferry.isolated.installers.mender_ssh`) and ``file``
-(`gapferry.isolated.installers.file_placement`). A vendor installer is any object with a
+``mender-ssh`` (`gapferry.isolated.installers.mender_ssh`), ``file``
+(`gapferry.isolated.installers.file_placement`) and ``file-sftp``
+(`gapferry.isolated.installers.file_sftp`). A vendor installer is any object with a
 ``method`` name and an ``install(job) -> DeviceReport`` method, registered with
 `register_installer` or published as an entry point in the group ``gapferry.installers`` (the
 entry point's name is the method name in the devices file; it must load a zero-argument factory).
@@ -95,11 +96,13 @@ def register_installer(method: str, factory: Callable[[], Installer]) -> None:
 def _builtins() -> None:
     # Imported here so that `base` stays free of the installers' own imports.
     from gapferry.isolated.installers.file_placement import FileInstaller  # noqa: PLC0415
+    from gapferry.isolated.installers.file_sftp import SftpFileInstaller  # noqa: PLC0415
     from gapferry.isolated.installers.mender_ssh import MenderSshInstaller  # noqa: PLC0415
 
     with _LOCK:
         _REGISTRY.setdefault(MenderSshInstaller.method, MenderSshInstaller)
         _REGISTRY.setdefault(FileInstaller.method, FileInstaller)
+        _REGISTRY.setdefault(SftpFileInstaller.method, SftpFileInstaller)
 
 
 def registered_methods() -> list[str]:

@@ -26,7 +26,7 @@ from gapferry.common.digest import CHUNK, Readable
 from gapferry.common.errors import EnvironmentFailure
 from gapferry.isolated.devices import DeviceTarget
 
-__all__ = ["HOLD_BACK", "Remote", "SshFailure", "SshSession"]
+__all__ = ["HOLD_BACK", "Remote", "SshFailure", "SshSession", "classify_ssh_error", "ssh_options"]
 
 #: Bytes of the artifact's end kept back until the laptop has re-checked the whole stream's
 #: sha256: if the medium's bytes changed after verification, the device never receives a complete
@@ -60,7 +60,7 @@ class Remote:
         return self.stderr.decode("utf-8", "replace").strip()
 
 
-def _classify(stderr: str) -> tuple[str, str]:
+def classify_ssh_error(stderr: str) -> tuple[str, str]:
     s = stderr.lower()
     if "remote host identification has changed" in s:
         return "host-key-changed", (
@@ -80,6 +80,41 @@ def _classify(stderr: str) -> tuple[str, str]:
     ):
         return "unreachable", "check that the device is powered on and on the network"
     return "connection-lost", "check the cable and the device, then run the same bundle again"
+
+
+def ssh_options(target: DeviceTarget, *, control_path: Path) -> list[str]:
+    """The options every OpenSSH client call (``ssh``, ``sftp``) gets for `target`: its config
+    file, identity and known_hosts, strict host key checking, batch mode, one ControlMaster
+    connection (socket `control_path`), keep-alives, no forwarding. Port, user and host are left
+    to the caller (``ssh -p`` / ``sftp -P`` differ)."""
+    t = target
+    argv: list[str] = []
+    if t.ssh_config:
+        argv += ["-F", t.ssh_config]
+    opts = {
+        "BatchMode": "yes",
+        "StrictHostKeyChecking": "yes",
+        "ControlMaster": "auto",
+        "ControlPath": str(control_path),
+        "ControlPersist": "120",
+        "ConnectTimeout": "15",
+        "ServerAliveInterval": "5",
+        "ServerAliveCountMax": "4",
+        "ForwardAgent": "no",
+        "ForwardX11": "no",
+        "ClearAllForwardings": "yes",
+        "RequestTTY": "no",
+        "LogLevel": "ERROR",
+    }
+    if t.known_hosts:
+        opts["UserKnownHostsFile"] = t.known_hosts
+        opts["GlobalKnownHostsFile"] = "/dev/null"
+    if t.identity_file:
+        argv += ["-i", t.identity_file]
+        opts["IdentitiesOnly"] = "yes"
+    for k, v in opts.items():
+        argv += ["-o", f"{k}={v}"]
+    return argv
 
 
 class _Tail:
@@ -122,32 +157,7 @@ class SshSession:
 
     def base_argv(self) -> list[str]:
         t = self.target
-        argv = ["ssh"]
-        if t.ssh_config:
-            argv += ["-F", t.ssh_config]
-        opts = {
-            "BatchMode": "yes",
-            "StrictHostKeyChecking": "yes",
-            "ControlMaster": "auto",
-            "ControlPath": str(self._control),
-            "ControlPersist": "120",
-            "ConnectTimeout": "15",
-            "ServerAliveInterval": "5",
-            "ServerAliveCountMax": "4",
-            "ForwardAgent": "no",
-            "ForwardX11": "no",
-            "ClearAllForwardings": "yes",
-            "RequestTTY": "no",
-            "LogLevel": "ERROR",
-        }
-        if t.known_hosts:
-            opts["UserKnownHostsFile"] = t.known_hosts
-            opts["GlobalKnownHostsFile"] = "/dev/null"
-        if t.identity_file:
-            argv += ["-i", t.identity_file]
-            opts["IdentitiesOnly"] = "yes"
-        for k, v in opts.items():
-            argv += ["-o", f"{k}={v}"]
+        argv = ["ssh", *ssh_options(t, control_path=self._control)]
         if t.port:
             argv += ["-p", str(t.port)]
         if t.user:
@@ -162,7 +172,7 @@ class SshSession:
         if rc != 255:
             return
         text = stderr.decode("utf-8", "replace").strip()
-        code, remedy = _classify(text)
+        code, remedy = classify_ssh_error(text)
         last = text.splitlines()[-1] if text else "ssh exited 255"
         raise SshFailure(
             f"{self.name}: ssh to {self.target.host}: {last}", remedy=remedy, code=code
