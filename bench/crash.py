@@ -6,8 +6,18 @@ Run (100 trials of each command, about 15 minutes on 2 cores)::
     .venv/bin/python bench/crash.py --trials 100 --seed 1 --out bench/out/crash.json
 
 Each trial builds a fresh world (the Mender stand-in in strict mode on loopback, keys, artifacts),
-starts the command as a real subprocess, sends SIGKILL after a delay drawn uniformly (seeded)
-between 0 and the command's measured clean run time, and then:
+starts the command as a real subprocess and sends SIGKILL at a seeded random point, chosen one of
+two ways (alternating):
+
+- by time: after a delay drawn uniformly between the interpreter's start-up time (``gapferry
+  --version``, measured; a kill before it tests nothing) and the command's measured clean run time;
+- by progress: once the command's k-th effect is visible (k drawn from 1..all; an effect is a
+  status the stand-in received, or a device holding the new content), plus a random jitter of up
+  to 50 ms. With small worlds most of a run is start-up, so time alone rarely lands between two
+  effects, where a crash matters most (the bundle write comes between ``downloading`` and
+  ``installing``; the result write after the last device).
+
+It records how far the command had got when it died (its progress), and then:
 
 1. checks every bundle the dead process left on the medium: it must either be refused by the
    verifier (incomplete, truncated, ...) or be complete and valid: a half-written bundle is
@@ -66,11 +76,17 @@ class Trial:
 
     command: str
     index: int
+    #: Seconds from the start to the SIGKILL (or to the end, when the command finished first).
     delay: float
+    #: How the kill point was chosen: ``time`` or ``after N effects + J ms``.
+    trigger: str
     #: True when the process was still running when SIGKILL arrived.
     killed: bool
     #: Bundles the dead process left: name -> "valid" or the verifier's error code.
     left_behind: dict[str, str] = field(default_factory=dict)
+    #: How far the command had got when it died (`_Setup.progress`), out of `progress_total`.
+    progress_at_kill: int = 0
+    progress_total: int = 0
     rerun_exit: int | None = None
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -78,6 +94,12 @@ class Trial:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def after_effects(self) -> bool:
+        """Killed while still running, with some of its effects already visible (effects come
+        in bursts: pack reports to all devices at once), the case where a crash matters most."""
+        return self.killed and self.progress_at_kill > 0
 
 
 @dataclass
@@ -92,6 +114,9 @@ class _Setup:
     #: The kind of bundle the command writes (``transfer-`` or ``result-``).
     prefix: str
     check: Callable[[Trial], None]
+    #: Effects visible so far (statuses the stand-in received, devices updated), and their total.
+    progress: Callable[[], int]
+    total: int
 
 
 def _judge_left_behind(setup: _Setup, trial: Trial) -> None:
@@ -166,6 +191,7 @@ def _connected(work: Path, command: str) -> Iterator[_Setup]:
                 expected = ["downloading", "installing"]
                 policy = TrustPolicy.from_file(_packer_trust(world))
                 prefix = "transfer-"
+                already = 0
             else:
                 report = world.pack()
                 assert report.bundle_path is not None, report
@@ -174,6 +200,11 @@ def _connected(work: Path, command: str) -> Iterator[_Setup]:
                 expected = ["downloading", "installing", "rebooting", "success"]
                 policy = TrustPolicy.from_file(world.appliers)
                 prefix = "result-"
+                already = 2  # pack reported downloading and installing for each device
+
+            def progress() -> int:
+                done = sum(1 for dep, _, _ in world.status_puts() if dep == dep_id)
+                return done - 3 * already
 
             def check(trial: Trial) -> None:
                 if command == "pack":
@@ -190,7 +221,14 @@ def _connected(work: Path, command: str) -> Iterator[_Setup]:
                     trial.problems.append(f"strict mode: {world.sim.strict_violations}")
 
             setup = _Setup(
-                args=args, env=env, policy=policy, media=world.media, prefix=prefix, check=check
+                args=args,
+                env=env,
+                policy=policy,
+                media=world.media,
+                prefix=prefix,
+                check=check,
+                progress=progress,
+                total=3 * (len(expected) - already),
             )
             yield setup
     finally:
@@ -233,6 +271,9 @@ def _isolated(work: Path, keys: Keys, artifact: Path) -> Iterator[_Setup]:
         "--json",
     ]
 
+    def progress() -> int:
+        return sum((r / "etc" / "plant" / "app.conf").read_bytes() == b"speed=2\n" for r in roots)
+
     def check(trial: Trial) -> None:
         for root in roots:
             got = (root / "etc" / "plant" / "app.conf").read_bytes()
@@ -251,6 +292,8 @@ def _isolated(work: Path, keys: Keys, artifact: Path) -> Iterator[_Setup]:
         media=media,
         prefix="result-",
         check=check,
+        progress=progress,
+        total=len(roots),
     )
     yield setup
 
@@ -262,6 +305,31 @@ def _run_to_end(setup: _Setup) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         setup.args, env=setup.env, capture_output=True, text=True, timeout=_TIMEOUT, check=False
     )
+
+
+def _kill_after_progress(setup: _Setup, effects: int, jitter: float) -> tuple[bool, float]:
+    """Start the command; SIGKILL it `jitter` seconds after `effects` of its effects are visible.
+    Returns (killed, seconds from the start)."""
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        setup.args, env=setup.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        while proc.poll() is None and setup.progress() < effects:
+            if time.monotonic() - start > _TIMEOUT:
+                break
+            time.sleep(0.001)
+        if proc.poll() is None:
+            time.sleep(jitter)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            return True, time.monotonic() - start
+        return False, time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 def _kill_after(setup: _Setup, delay: float) -> bool:
@@ -327,6 +395,16 @@ def _clean_run_seconds(worlds: _Worlds, command: str) -> float:
     return took
 
 
+def _startup_seconds() -> float:
+    """The interpreter's and the CLI's start-up (``gapferry --version``), the best of three."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.monotonic()
+        subprocess.run([*_CLI, "--version"], capture_output=True, timeout=60, check=True)
+        best = min(best, time.monotonic() - start)
+    return best
+
+
 def run_trials(
     command: str, *, trials: int, seed: int, base: Path, log: Callable[[Trial], None] | None = None
 ) -> list[Trial]:
@@ -335,15 +413,28 @@ def run_trials(
         raise ValueError(f"unknown command {command!r}")
     worlds = _Worlds(base)
     span = _clean_run_seconds(worlds, command)
+    earliest = min(_startup_seconds(), span / 2)
     rng = random.Random(f"{seed}-{command}")
     out = []
     for i in range(trials):
-        delay = rng.uniform(0.0, span)
-        trial = Trial(command=command, index=i, delay=round(delay, 3), killed=False)
+        by_time = i % 2 == 0
+        delay = rng.uniform(earliest, span)
+        effects = rng.randint(1, 3 if command == "apply" else 6)
+        jitter = rng.uniform(0.0, 0.05)
+        trigger = "time" if by_time else f"after {effects} effects + {jitter * 1000:.0f} ms"
+        trial = Trial(
+            command=command, index=i, delay=round(delay, 3), trigger=trigger, killed=False
+        )
         start = time.monotonic()
         with ExitStack() as stack:
             setup = stack.enter_context(worlds.make(command))
-            trial.killed = _kill_after(setup, delay)
+            if by_time:
+                trial.killed = _kill_after(setup, delay)
+            else:
+                trial.killed, took = _kill_after_progress(setup, effects, jitter)
+                trial.delay = round(took, 3)
+            trial.progress_at_kill = setup.progress()
+            trial.progress_total = setup.total
             _judge_left_behind(setup, trial)
             done = _run_to_end(setup)
             trial.rerun_exit = done.returncode
@@ -371,8 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     def log(t: Trial) -> None:
         mark = "ok " if t.ok else "BAD"
         print(
-            f"{mark} {t.command:6} #{t.index:03d} kill at {t.delay:6.3f}s"
-            f" ({'killed' if t.killed else 'had finished'}) left {t.left_behind or '-'}"
+            f"{mark} {t.command:6} #{t.index:03d} kill at {t.delay:6.3f}s ({t.trigger})"
+            f" ({'killed' if t.killed else 'had finished'},"
+            f" progress {t.progress_at_kill}/{t.progress_total}) left {t.left_behind or '-'}"
             f" {'; '.join(t.problems)}",
             flush=True,
         )
@@ -385,7 +477,11 @@ def main(argv: list[str] | None = None) -> int:
             )
     bad = [t for t in results if not t.ok]
     killed = sum(t.killed for t in results)
-    print(f"{len(results)} trials, {killed} killed mid-run, {len(bad)} with problems")
+    late = sum(t.after_effects for t in results)
+    print(
+        f"{len(results)} trials, {killed} killed mid-run ({late} of them after some of their"
+        f" effects were visible), {len(bad)} with problems"
+    )
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps([asdict(t) for t in results], indent=2) + "\n")

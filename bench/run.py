@@ -348,7 +348,6 @@ def bench_pack(ctx: Ctx) -> None:
         sha, _ = make_file(src, size)
         media = media_root / "media"
         base_write, base_full, ours_write, ours_full = [], [], [], []
-        proto_write, proto_full, serial_write = [], [], []
         for _ in range(ctx.sizes.runs):
             shutil.rmtree(media, ignore_errors=True)
             media.mkdir()
@@ -366,24 +365,11 @@ def bench_pack(ctx: Ctx) -> None:
             res = ctx.pack(media, [(src, sha, size)]).json()
             ours_write.append(float(res["write"]))
             ours_full.append(float(res["total"]))
-            shutil.rmtree(media)
-            media.mkdir()
-            drop_caches([src])
-            proto = {"src": str(src), "dst": str(dst), "sha256": sha, "size": size}
-            res = run_child([PYTHON, WORKER, "copy-overlapped", json.dumps(proto)]).json()
-            proto_write.append(float(res["write"]))
-            proto_full.append(float(res["total"]))
-            shutil.rmtree(media)
-            media.mkdir()
-            drop_caches([src])
-            proto["overlap"] = False
-            res = run_child([PYTHON, WORKER, "copy-overlapped", json.dumps(proto)]).json()
-            serial_write.append(float(res["write"]))
     bw, bf, ow, of = med(base_write), med(base_full), med(ours_write), med(ours_full)
     note = f"{fmt_size(size)} onto {what}, median of {ctx.sizes.runs}, cold cache ({CACHE_METHOD})"
     ctx.add(
         Figure(
-            name="pack: bundle write (one pass: read, hash, write, fsync)",
+            name="pack: bundle write (one pass: read, hash, write overlapped; write-behind)",
             value=f"{fmt_s(ow)} ({fmt_rate(size, ow)})",
             baseline=f"{fmt_s(bw)} ({fmt_rate(size, bw)}) `cp` + `sync FILE`",
             ratio=bw / ow,
@@ -401,31 +387,6 @@ def bench_pack(ctx: Ctx) -> None:
             target=">= 0.9x",
             met=bf / of >= 0.9,
             note=note + "; the copy's pages dropped before openssl reads it, as gapferry does",
-        )
-    )
-    pw, pf = med(proto_write), med(proto_full)
-    ctx.add(
-        Figure(
-            name="pack prototype (bench only): hashing overlapped with read and write",
-            value=f"write {fmt_s(pw)} ({fmt_rate(size, pw)}); with read-back {fmt_s(pf)}",
-            baseline=f"`cp` + `sync` {fmt_s(bw)}; + `openssl dgst` {fmt_s(bf)}",
-            ratio=bw / pw,
-            target=">= 0.9x (write)",
-            met=bw / pw >= 0.9,
-            note=note + f"; with read-back {bf / pf:.2f}x; `worker.py copy-overlapped`: read in "
-            "one thread, sha256 and write each in their own, a ring of 4 x 4 MiB buffers",
-        )
-    )
-    sw = med(serial_write)
-    ctx.add(
-        Figure(
-            name="pack prototype (bench only): serial loop + POSIX_FADV_SEQUENTIAL, 4 MiB reads",
-            value=f"write {fmt_s(sw)} ({fmt_rate(size, sw)})",
-            baseline=f"`cp` + `sync` {fmt_s(bw)}",
-            ratio=bw / sw,
-            target=">= 0.9x (write)",
-            met=bw / sw >= 0.9,
-            note=note + "; tells what the read-ahead hint alone gives, without threads",
         )
     )
 
@@ -454,12 +415,6 @@ def bench_verify(ctx: Ctx) -> None:
         trust = ctx.trust()
         dgst = ["openssl", "dgst", "-sha256", *map(str, files)]
         ours_cli = [GAPFERRY, "verify", str(bundle), "--trust", str(trust)]
-        par = [
-            PYTHON,
-            WORKER,
-            "verify-parallel",
-            json.dumps({"bundle": str(bundle), "trust": str(trust)}),
-        ]
         one = ["taskset", "-c", "0"]
         total = n * each
         for cache in ("warm", "cold"):
@@ -478,7 +433,7 @@ def bench_verify(ctx: Ctx) -> None:
                 return med(xs)
 
             b1, o1 = timed(one + dgst), timed(one + ours_cli)
-            bp, op, oser = timed(dgst), timed(par), timed(ours_cli)
+            bp, oser = timed(dgst), timed(ours_cli)
             note = (
                 f"{n} x {fmt_size(each)}, median of {runs}, {cache} page cache"
                 + (f" ({CACHE_METHOD})" if cache == "cold" else "")
@@ -497,24 +452,14 @@ def bench_verify(ctx: Ctx) -> None:
             )
             ctx.add(
                 Figure(
-                    name=f"verify, all cores, `gapferry verify` as is ({cache})",
+                    name=f"verify, all cores, `gapferry verify` ({cache})",
                     value=f"{fmt_s(oser)} ({fmt_rate(total, oser)})",
                     baseline=f"{fmt_s(bp)} ({fmt_rate(total, bp)}) `openssl dgst`",
                     ratio=bp / oser,
                     target="> 1x",
                     met=bp / oser > 1.0,
-                    note=note + "; common/bundle/read.py hashes files one after another",
-                )
-            )
-            ctx.add(
-                Figure(
-                    name=f"verify, files hashed in parallel: bench/ prototype ({cache})",
-                    value=f"{fmt_s(op)} ({fmt_rate(total, op)})",
-                    baseline=f"{fmt_s(bp)} ({fmt_rate(total, bp)}) `openssl dgst`",
-                    ratio=bp / op,
-                    target="> 1x",
-                    met=bp / op > 1.0,
-                    note=note + f"; {os.cpu_count()} threads, `worker.py verify-parallel`",
+                    note=note + f"; artifacts hashed in parallel ({os.cpu_count()} cores), each "
+                    "read ahead of its hash",
                 )
             )
 

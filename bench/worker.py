@@ -4,14 +4,13 @@ Each operation runs in its own process, so the parent can measure its wall time 
 (``os.wait4``) without the parent's memory in the figure; it prints one JSON object on stdout.
 
     python bench/worker.py pack '{"media": ..., "key": ..., "sources": [[path, sha256, size], ...]}'
-    python bench/worker.py copy-overlapped '{"src": ..., "dst": ..., "sha256": ..., "size": ...}'
-    python bench/worker.py verify-parallel '{"bundle": ..., "trust": ..., "jobs": 2}'
     python bench/worker.py apply '{"work": ..., "gapferry": ..., "size": ..., "runs": 3}'
     python bench/worker.py fleet '{"work": ..., "gapferry": ..., "devices": 1000, "seeds": 50}'
     python bench/worker.py cli-patched pack|ingest ARGS...   # prototype, see cli_patched
 
-`copy-overlapped`, `verify-parallel` and `cli-patched` are prototypes of proposed changes to code
-other people own; they live here only to measure what the change would give.
+`cli-patched` is a prototype of proposed changes to code other people own; it lives here only to
+measure what the change would give. (The earlier `copy-overlapped` and `verify-parallel`
+prototypes became the product: `gapferry.common.digest.pump`, ADR 0034.)
 
 Not a test and not part of the product: nothing here is imported by gapferry.
 """
@@ -19,18 +18,16 @@ Not a test and not part of the product: nothing here is imported by gapferry.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "op_apply", "op_copy_overlapped", "op_fleet", "op_pack", "op_verify_parallel"]
+__all__ = ["main", "op_apply", "op_fleet", "op_pack"]
 
 CHUNK = 1024 * 1024
 
@@ -87,156 +84,6 @@ def op_pack(args: dict[str, Any]) -> dict[str, Any]:
         "verify": spent["verify"],
         "write": total - spent["verify"],
     }
-
-
-# --- prototype: hashing overlapped with I/O ------------------------------------------------------
-PIPE_CHUNK = 4 * CHUNK
-PIPE_BUFFERS = 4
-
-
-def _write_all(fd: int, view: memoryview) -> None:
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _pipeline(fd_in: int, sinks: list[Callable[[memoryview], object]]) -> int:
-    """Read `fd_in` to its end in this thread; feed every chunk to each sink, each sink in its own
-    thread (in order), a ring of buffers in between. hashlib and os.write release the GIL, so
-    reading, hashing and writing proceed at once. Returns the byte count."""
-    from concurrent.futures import Future, wait
-
-    pools = [ThreadPoolExecutor(max_workers=1) for _ in sinks]
-    bufs = [bytearray(PIPE_CHUNK) for _ in range(PIPE_BUFFERS)]
-    busy: list[list[Future[object]]] = [[] for _ in range(PIPE_BUFFERS)]
-    total = 0
-    i = 0
-    try:
-        while True:
-            slot = i % PIPE_BUFFERS
-            for f in busy[slot]:
-                f.result()
-            view = memoryview(bufs[slot])
-            n = os.readv(fd_in, [view])
-            if n == 0:
-                break
-            chunk = view[:n]
-            busy[slot] = [pool.submit(sink, chunk) for pool, sink in zip(pools, sinks, strict=True)]
-            total += n
-            i += 1
-        wait([f for fs in busy for f in fs])
-        for fs in busy:
-            for f in fs:
-                f.result()
-    finally:
-        for pool in pools:
-            pool.shutdown()
-    return total
-
-
-def op_copy_overlapped(args: dict[str, Any]) -> dict[str, Any]:
-    """Prototype of `copy_to_medium` with hashing overlapped with reading and writing, then the
-    same read-back (fsync, drop the file's pages, hash it again, reading ahead of the hash)."""
-    src, dst = Path(args["src"]), Path(args["dst"])
-    t0 = time.perf_counter()
-    h = hashlib.sha256()
-    fd_in = os.open(src, os.O_RDONLY)
-    fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    try:
-        os.posix_fadvise(fd_in, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        if args.get("overlap", True):
-            size = _pipeline(fd_in, [h.update, lambda v: _write_all(fd_out, v)])
-        else:  # the writer's serial loop, only with the read-ahead hint and another read size
-            size = 0
-            view = memoryview(bytearray(int(args.get("chunk", PIPE_CHUNK))))
-            while n := os.readv(fd_in, [view]):
-                h.update(view[:n])
-                _write_all(fd_out, view[:n])
-                size += n
-        os.fsync(fd_out)
-    finally:
-        os.close(fd_in)
-        os.close(fd_out)
-    if h.hexdigest() != args["sha256"] or size != args["size"]:
-        raise ValueError("copy differs from the source")
-    t1 = time.perf_counter()
-    back = hashlib.sha256()
-    fd = os.open(dst, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        _pipeline(fd, [back.update])
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    if back.hexdigest() != args["sha256"]:
-        raise ValueError("read-back differs")
-    t2 = time.perf_counter()
-    return {"write": t1 - t0, "verify": t2 - t1, "total": t2 - t0}
-
-
-def _hash_artifact(
-    root: Path, paths: list[str], sizes: dict[str, int]
-) -> tuple[str, dict[str, str]]:
-    """sha256 of an artifact's parts joined, and of each part (one read per byte)."""
-    from gapferry.common.safepath import open_regular
-
-    whole = hashlib.sha256()
-    per: dict[str, str] = {}
-    buf = bytearray(4 * CHUNK)
-    view = memoryview(buf)
-    for rel in paths:
-        h = hashlib.sha256()
-        fd = open_regular(root, PurePosixPath(rel))
-        got = 0
-        with os.fdopen(fd, "rb", buffering=0) as f:
-            while n := f.readinto(view):
-                got += n
-                if got > sizes[rel]:
-                    break
-                h.update(view[:n])
-                if len(paths) > 1:
-                    whole.update(view[:n])
-        if got != sizes[rel]:
-            raise ValueError(f"{rel}: {got} bytes, expected {sizes[rel]}")
-        per[rel] = h.hexdigest()
-    return (whole.hexdigest() if len(paths) > 1 else per[paths[0]]), per
-
-
-def op_verify_parallel(args: dict[str, Any]) -> dict[str, Any]:
-    """Prototype of a parallel file check: `open_bundle(check_files=False)` (marker, signatures,
-    manifest, listing, sizes) then each artifact hashed in its own thread (hashlib releases the
-    GIL for large updates, so threads hash on separate cores)."""
-    from gapferry.common.bundle import open_bundle
-    from gapferry.common.limits import DEFAULT_LIMITS
-    from gapferry.common.trust import TrustPolicy
-
-    t0 = time.perf_counter()
-    policy = TrustPolicy.from_file(Path(args["trust"]))
-    opened = open_bundle(
-        Path(args["bundle"]),
-        policy=policy,
-        now=datetime.now(tz=UTC),
-        limits=DEFAULT_LIMITS,
-        check_files=False,
-    )
-    m = opened.transfer.manifest
-    files = {f.path: f for f in m.files}
-    sizes = {p: f.size for p, f in files.items()}
-    jobs = int(args.get("jobs", os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {
-            a.sha256: pool.submit(_hash_artifact, opened.path, a.parts or [a.path], sizes)
-            for a in m.artifacts
-        }
-        for sha, fut in futures.items():
-            whole, per = fut.result()
-            if whole != sha:
-                raise ValueError(f"artifact {sha}: read {whole}")
-            for rel, digest in per.items():
-                if files[rel].sha256 != digest:
-                    raise ValueError(f"{rel}: read {digest}")
-    return {"total": time.perf_counter() - t0, "artifacts": len(m.artifacts)}
 
 
 # --- fleet ------------------------------------------------------------------------------------
@@ -633,9 +480,7 @@ def op_apply(args: dict[str, Any]) -> dict[str, Any]:
 
 OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "pack": op_pack,
-    "verify-parallel": op_verify_parallel,
     "fleet": op_fleet,
-    "copy-overlapped": op_copy_overlapped,
     "apply": op_apply,
 }
 

@@ -212,6 +212,17 @@ def _advance_past_options(s: str) -> int:
     return i
 
 
+def _first_word(text: str) -> str:
+    """`text` up to its first blank, where only space and tab are blanks (as in OpenSSH's
+    ``strcspn(cp, " \\t")``): `str.split()` would also cut at other Unicode whitespace."""
+    cut = len(text)
+    for ws in _WS:
+        idx = text.find(ws)
+        if 0 <= idx < cut:
+            cut = idx
+    return text[:cut]
+
+
 def _parse_line(line: str) -> AllowedSigner | None:
     s = line.lstrip(_WS)
     if not s or s.startswith("#"):
@@ -224,25 +235,21 @@ def _parse_line(line: str) -> AllowedSigner | None:
         if rest and rest[0] not in _WS:
             raise ValueError("principals: expected a blank after the closing quote")
     else:
-        cut = len(s)
-        for ws in _WS:
-            idx = s.find(ws)
-            if 0 <= idx < cut:
-                cut = idx
-        principals_text, rest = s[:cut], s[cut:]
+        principals_text = _first_word(s)
+        rest = s[len(principals_text) :]
     if not principals_text:
         raise ValueError("empty principals field")
     rest = rest.lstrip(_WS)
     if not rest:
         raise ValueError("missing key")
-    first_word = rest.split(None, 1)[0]
+    first_word = _first_word(rest)
     opts = ""
     if first_word not in _KNOWN_KEY_WORDS and not is_certificate_type(first_word):
         end = _advance_past_options(rest)
         opts, rest = rest[:end], rest[end:].lstrip(_WS)
         if not rest:
             raise ValueError("missing key")
-        first_word = rest.split(None, 1)[0]
+        first_word = _first_word(rest)
     if is_certificate_type(first_word):
         raise ValueError(
             "a certificate is not a signer key; trust its CA with a cert-authority line"

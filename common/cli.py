@@ -36,6 +36,8 @@ SUMMARIES: dict[str, str] = {
     "sim": "A local Mender Server stand-in for tests, demos and training (never for production).",
     "site": "Site files: the devices of one air-gapped site, as the connected side knows them.",
     "status": "Show deployments in flight from the ledger, beside what the server says.",
+    "tar": "Verify BUNDLE, then write it as one uncompressed tar (the single-file form).",
+    "untar": "Unpack the single-file form of a bundle onto a medium, verified, for apply or ingest.",
     "verify": "Verify a transfer or result bundle offline and print what was checked.",
 }
 
@@ -123,9 +125,19 @@ def main(ctx: click.Context, verbose: bool) -> None:
       gapferry apply /media/stick --trust allowed_signers --devices devices.toml --sign KEY
     Anyone, offline:
       gapferry verify /media/stick/gapferry/transfer-... --trust allowed_signers
+      gapferry cosign /media/stick --sign ~/.ssh/id_ed25519 --trust allowed_signers
+      gapferry tar /media/stick --to /srv/diode/outbox --trust allowed_signers
+      gapferry custody add /media/stick --event "received at gate 3" --sign ~/.ssh/id_ed25519
+      gapferry audit TRANSFER [RESULT...] --trust allowed_signers --html report.html
       gapferry artifact inspect update.mender
 
-    Shell completion: eval "$(_GAPFERRY_COMPLETE=bash_source gapferry)"
+    \b
+    Exit codes: 0 ok, 1 invalid or failed, 2 usage, 3 incomplete, 4 environment
+    (each command's --help says what they mean for it).
+
+    \b
+    Shell completion (bash; zsh_source and fish_source for zsh and fish):
+      eval "$(_GAPFERRY_COMPLETE=bash_source gapferry)"
     """
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose

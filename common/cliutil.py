@@ -15,6 +15,7 @@ import json
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -25,6 +26,7 @@ from gapferry.common.errors import (
     InvalidData,
     UsageProblem,
 )
+from gapferry.common.trust import TrustPolicy
 
 __all__ = [
     "EXIT_ENVIRONMENT",
@@ -36,6 +38,7 @@ __all__ = [
     "exit_code_for",
     "fail",
     "handle_errors",
+    "load_trust_policy",
 ]
 
 EXIT_OK = 0
@@ -92,3 +95,17 @@ def handle_errors(func: F) -> F:
             fail(err, as_json=bool(kwargs.get("json_output", False)))
 
     return wrapper  # type: ignore[return-value]
+
+
+def load_trust_policy(path: Path, *, threshold: int = 1) -> TrustPolicy:
+    """Read a --trust allowed_signers file for a command. A missing, unreadable or malformed
+    trust file is the caller's problem, not the bundle's: it is a usage error (exit 2), never
+    a verdict on the data.
+
+    Raises:
+        UsageProblem: with the reader's code (``bad-allowed-signers``, ...) and remedy.
+    """
+    try:
+        return TrustPolicy.from_file(path, threshold=threshold)
+    except InvalidData as err:
+        raise UsageProblem(err.message, remedy=err.remedy, code=err.code) from err

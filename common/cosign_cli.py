@@ -16,19 +16,27 @@ from gapferry.common.atomic import fsync_dir
 from gapferry.common.bundle import cosign as cosign_bundle
 from gapferry.common.bundle import find_bundles, namespace_for, open_bundle
 from gapferry.common.bundle.layout import kind_of_dir_name
-from gapferry.common.cliutil import emit_json, handle_errors
-from gapferry.common.errors import InvalidData, UsageProblem
+from gapferry.common.cliutil import emit_json, handle_errors, load_trust_policy
+from gapferry.common.errors import UsageProblem
 from gapferry.common.limits import DEFAULT_LIMITS
 from gapferry.common.signers import Signer, load_signer
 from gapferry.common.trust import TrustPolicy, evaluate
 
-__all__ = ["PASSPHRASE_ENV", "cosign", "find_one_bundle", "refuse_untrusted_signer"]
+__all__ = [
+    "PASSPHRASE_ENV",
+    "cosign",
+    "find_one_bundle",
+    "refuse_untrusted_signer",
+    "signer_passphrase",
+]
 
 #: Passphrase of an encrypted signing key, as for `gapferry pack` (never an argument).
 PASSPHRASE_ENV = "GAPFERRY_SIGN_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 
 
-def _signer_passphrase() -> bytes:
+def signer_passphrase() -> bytes:
+    """The signing key's passphrase: from `PASSPHRASE_ENV`, else a hidden prompt on stderr
+    (never a command-line argument, TEAM.md security rules)."""
     value = os.environ.get(PASSPHRASE_ENV)
     if value:
         return value.encode()
@@ -142,17 +150,13 @@ def cosign(
       4  environment: the signature could not be written (medium full or read-only)
     """
     now = datetime.now(tz=UTC)
-    try:
-        policy = TrustPolicy.from_file(trust_file, threshold=threshold)
-    except InvalidData as err:
-        # A broken trust file is the caller's problem, not the bundle's (as in `verify`).
-        raise UsageProblem(err.message, remedy=err.remedy, code=err.code) from err
+    policy = load_trust_policy(trust_file, threshold=threshold)
     path = find_one_bundle(bundle)
     kind = kind_of_dir_name(path.name)
     if kind is None:  # pragma: no cover - find_one_bundle returns bundle folders only
         raise AssertionError(f"not a bundle folder: {path}")
     namespace = namespace_for(kind)
-    signer = load_signer(sign_key, passphrase=_signer_passphrase)
+    signer = load_signer(sign_key, passphrase=signer_passphrase)
     fingerprint = signer.public_key.fingerprint
     refuse_untrusted_signer(signer, policy, namespace=namespace, trust_file=trust_file)
     written = cosign_bundle(path, signer, policy=policy, now=now, limits=DEFAULT_LIMITS)

@@ -24,9 +24,12 @@ class RangeReader:
         if self._left <= 0:
             return 0
         want = min(len(buffer), self._left)
-        data = os.pread(self._fd, want, self._pos)
-        n = len(data)
-        buffer[:n] = data
+        if hasattr(os, "preadv"):  # straight into the buffer, no temporary bytes object
+            n = os.preadv(self._fd, [buffer[:want]], self._pos)
+        else:  # pragma: no cover - macOS before Python 3.12
+            data = os.pread(self._fd, want, self._pos)
+            n = len(data)
+            buffer[:n] = data
         self._pos += n
         self._left -= n
         return n
@@ -34,11 +37,19 @@ class RangeReader:
 
 class TeeReader:
     """A `Readable` that also feeds everything read into a hash object (e.g. a whole artifact's
-    sha256 while its parts are copied one by one)."""
+    sha256 while its parts are copied one by one).
+
+    `gapferry.common.digest.pump` reads `source` and gives `hasher` a thread of its own instead
+    of hashing in the reading thread (`untee`), so a split artifact's two hashes run in parallel.
+    """
 
     def __init__(self, src: Readable, hasher: Any) -> None:
         self._src = src
         self._hasher = hasher
+
+    def untee(self) -> tuple[Readable, Any]:
+        """The underlying stream and the hash object, for a reader that feeds the hash itself."""
+        return self._src, self._hasher
 
     def readinto(self, buffer: memoryview, /) -> int:
         n = self._src.readinto(buffer) or 0

@@ -396,7 +396,8 @@ def require(result: TrustResult) -> None:
     if not result.checks:
         raise TrustFailure(
             "expected at least one signature, found none",
-            remedy="Sign the manifest (gapferry sign / ssh-keygen -Y sign) before using it.",
+            remedy="Have it signed (gapferry pack --sign, gapferry cosign, or ssh-keygen -Y sign) "
+            "before using it.",
             code="unsigned",
             result=result,
         )
@@ -405,7 +406,8 @@ def require(result: TrustResult) -> None:
         raise TrustFailure(
             f"expected {result.threshold} distinct trusted keys, found {result.distinct_trusted} "
             f"of {result.threshold}: {listing}",
-            remedy="Have more of the trusted signers co-sign (each with their own key).",
+            remedy="Have more of the trusted signers co-sign, each with their own key "
+            "(gapferry cosign BUNDLE --sign KEY --trust ALLOWED_SIGNERS).",
             code="below-threshold",
             result=result,
         )

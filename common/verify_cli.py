@@ -6,6 +6,7 @@ A thin shell (STYLE practice 5) over `gapferry.common.bundle.open_bundle` / `fro
 
 from __future__ import annotations
 
+import errno
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,9 +25,14 @@ from gapferry.common.bundle import (
 )
 from gapferry.common.bundle.layout import kind_of_dir_name
 from gapferry.common.bundle.read import VERIFIED_ATTR
-from gapferry.common.bundle.verify import VerifiedResult, VerifiedTransfer
-from gapferry.common.cliutil import EXIT_OK, emit_json, exit_code_for, fail
-from gapferry.common.errors import GapferryError, IncompleteBundle, InvalidData, UsageProblem
+from gapferry.common.bundle.verify import VerifiedResult, VerifiedTransfer, trust_before_failure
+from gapferry.common.cliutil import EXIT_OK, emit_json, exit_code_for, fail, load_trust_policy
+from gapferry.common.errors import (
+    EnvironmentFailure,
+    GapferryError,
+    IncompleteBundle,
+    UsageProblem,
+)
 from gapferry.common.limits import DEFAULT_LIMITS
 from gapferry.common.media.progress import Progress
 from gapferry.common.trust import SignatureCheck, TrustFailure, TrustPolicy, TrustResult
@@ -41,9 +47,29 @@ def verify_path(path: Path, *, policy: TrustPolicy, now: datetime) -> OpenedBund
 
     Raises:
         UsageProblem: ``not-a-bundle``, ``no-bundle``, ``several-bundles``.
-        InvalidData, IncompleteBundle: whatever verification finds.
+        InvalidData, IncompleteBundle: whatever verification finds; ``unreadable``
+            (IncompleteBundle) when the medium fails to read (SPEC 8: exit 3).
+        EnvironmentFailure: ``no-space`` to unpack a single-file bundle.
     """
-    p = Path(path)
+    try:
+        return _verify_path(Path(path), policy=policy, now=now)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise EnvironmentFailure(
+                f"no space to unpack {path} for checking: {e.strerror}",
+                remedy="free space in the temporary folder (or point TMPDIR elsewhere), or verify "
+                "the bundle folder instead of the single-file form",
+                code="no-space",
+            ) from e
+        raise IncompleteBundle(
+            f"cannot read {e.filename or path}: {e.strerror or e}",
+            remedy="the medium may be failing or was removed; copy the bundle again onto a good "
+            "medium and verify that copy",
+            code="unreadable",
+        ) from e
+
+
+def _verify_path(p: Path, *, policy: TrustPolicy, now: datetime) -> OpenedBundle:
     if p.is_file():
         with tempfile.TemporaryDirectory(prefix="gapferry-verify-") as tmp:
             return from_tar(p, Path(tmp), policy=policy, now=now, limits=DEFAULT_LIMITS)
@@ -211,7 +237,9 @@ def verify(path: Path, trust_file: Path, threshold: int, json_output: bool) -> N
       0  valid
       1  invalid: rejected (bad or untrusted signature, expired, altered file, ...)
       2  usage: bad options, PATH is not a bundle, the trust file is unreadable or malformed
-      3  incomplete or unreadable: no completion marker, a file missing or truncated
+      3  incomplete or unreadable: no completion marker, a file missing or truncated, a read
+         error on the medium
+      4  environment: no space to unpack a single-file bundle for checking
 
     \b
     Examples:
@@ -222,11 +250,7 @@ def verify(path: Path, trust_file: Path, threshold: int, json_output: bool) -> N
     """
     now = datetime.now(tz=UTC)
     try:
-        policy = TrustPolicy.from_file(trust_file, threshold=threshold)
-    except InvalidData as err:
-        # A broken trust file is the caller's problem, not the bundle's: usage, exit 2.
-        bad = UsageProblem(err.message, remedy=err.remedy, code=err.code)
-        _fail(bad, json_output=json_output)
+        policy = load_trust_policy(trust_file, threshold=threshold)
     except GapferryError as err:
         _fail(err, json_output=json_output)
     try:
@@ -243,12 +267,17 @@ def verify(path: Path, trust_file: Path, threshold: int, json_output: bool) -> N
 
 
 def _fail(err: GapferryError, *, json_output: bool) -> NoReturn:
-    verdict = (
-        "incomplete"
-        if isinstance(err, IncompleteBundle)
-        else ("usage" if isinstance(err, UsageProblem) else "invalid")
-    )
-    result = err.result if isinstance(err, TrustFailure) else None
+    if isinstance(err, IncompleteBundle):
+        verdict = "incomplete"
+    elif isinstance(err, UsageProblem):
+        verdict = "usage"
+    elif isinstance(err, EnvironmentFailure):
+        verdict = "environment"  # nothing was decided about the bundle
+    else:
+        verdict = "invalid"
+    # What was verified before the failure: the signatures' verdict (a trust failure, or a
+    # manifest refused after its signatures were accepted), or the whole manifest.
+    result = err.result if isinstance(err, TrustFailure) else trust_before_failure(err)
     before = getattr(err, VERIFIED_ATTR, None)
     if json_output:
         doc: dict[str, Any] = {"ok": False, "verdict": verdict, "error": err.to_json()}
@@ -262,6 +291,8 @@ def _fail(err: GapferryError, *, json_output: bool) -> NoReturn:
     if result is not None:
         for line in _trust_lines(result, None, None):
             click.echo(line)
+        if not isinstance(err, TrustFailure):
+            click.echo("manifest: refused after its signatures were accepted")
     elif isinstance(before, VerifiedTransfer | VerifiedResult):
         click.echo(f"manifest.json: sha256 {before.manifest_sha256}")
         for line in _trust_lines(before.trust, None, None):

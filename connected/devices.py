@@ -41,6 +41,23 @@ class DeviceResult(msgspec.Struct, kw_only=True):
         return msgspec.to_builtins(self)  # type: ignore[no-any-return]
 
 
+#: Usage problems of the whole command (configuration), not of one device: raised, not a row.
+_COMMAND_PROBLEMS = ("no-server-url", "no-api-token")
+
+
+def _failed_row(dev: SiteDevice, action: str, e: GapferryError) -> DeviceResult:
+    """A device's failure as its row (message and remedy), or the command's when it is the
+    configuration's (e.g. MENDER_SERVER_URL unset: exit 2 once, not one row per device).
+
+    Raises:
+        UsageProblem: ``no-server-url``, ``no-api-token``.
+    """
+    if isinstance(e, UsageProblem) and e.code in _COMMAND_PROBLEMS:
+        raise e
+    detail = f"{e.message}; what to do: {e.remedy}" if e.remedy else e.message
+    return DeviceResult(device=dev.name, action=action, ok=False, detail=detail)
+
+
 def _each(
     devices: list[SiteDevice], action: str, step: Callable[[SiteDevice], DeviceResult]
 ) -> list[DeviceResult]:
@@ -50,7 +67,7 @@ def _each(
         try:
             out.append(step(dev))
         except GapferryError as e:
-            out.append(DeviceResult(device=dev.name, action=action, ok=False, detail=e.message))
+            out.append(_failed_row(dev, action, e))
     return out
 
 
@@ -247,7 +264,7 @@ def cleanup(
                         removed += mgmt.delete_auth_set(rec.id, s.id)
                 detail = f"removed {removed} auth set(s)"
         except GapferryError as e:
-            out.append(DeviceResult(device=dev.name, action="cleanup", ok=False, detail=e.message))
+            out.append(_failed_row(dev, "cleanup", e))
             continue
         if (site.mode is Mode.ROTATING or decommission) and ks.remove(dev.name):
             detail += ", deleted local key"

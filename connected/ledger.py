@@ -26,7 +26,7 @@ import datetime as dt
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -93,6 +93,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     created TEXT NOT NULL, done TEXT,
     UNIQUE (site, device, deployment_id, kind, payload, origin)
 );
+CREATE INDEX IF NOT EXISTS outbox_owed ON outbox (site, state, device);
 CREATE TABLE IF NOT EXISTS journal (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     ts TEXT NOT NULL, command TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL,
@@ -542,9 +543,12 @@ class Ledger:
     def outbox(self) -> list[OutboxEntry]:
         return self._outbox("", ())
 
-    def mark_attempted(self, entry_id: int) -> None:
-        with self.tx() as c:
-            c.execute("UPDATE outbox SET attempted = 1 WHERE id = ?", (entry_id,))
+    def mark_attempted(self, entry_ids: Sequence[int], *, cursor: sqlite3.Cursor) -> None:
+        """Mark entries ``attempted`` inside the caller's (durable) transaction: the call may
+        start only after that transaction committed (ADR 0041, 0044)."""
+        cursor.executemany(
+            "UPDATE outbox SET attempted = 1 WHERE id = ?", [(i,) for i in entry_ids]
+        )
 
     def add_bundle_item(
         self, cursor: sqlite3.Cursor, *, bundle_id: str, deployment_id: str, site: str, device: str

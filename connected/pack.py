@@ -30,7 +30,7 @@ from typing import Any
 
 import msgspec
 from gapferry.common.artifact.reader import read_artifact_file
-from gapferry.common.errors import GapferryError, InvalidData
+from gapferry.common.errors import GapferryError, InvalidData, UsageProblem
 from gapferry.common.media.progress import Progress
 from gapferry.common.signers import Signer
 from gapferry.connected import bundle_io
@@ -116,7 +116,10 @@ class _Packer:
         try:
             return self._device(dev)
         except GapferryError as e:
-            return PackRow(device=dev.name, action="error", ok=False, detail=e.message)
+            if isinstance(e, UsageProblem) and e.code in ("no-server-url", "no-api-token"):
+                raise  # the command's configuration, not this device's problem
+            detail = f"{e.message}; what to do: {e.remedy}" if e.remedy else e.message
+            return PackRow(device=dev.name, action="error", ok=False, detail=detail)
 
     def _device(self, dev: SiteDevice) -> PackRow:
         site = self.site.name

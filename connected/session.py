@@ -74,7 +74,8 @@ class Session:
         self._retry = retry
         self._api_token = api_token
         self._devices: dict[tuple[str, str], DeviceApi] = {}
-        self._lock = threading.Lock()
+        #: Guards the lazily made connection and the device API cache (workers share them).
+        self._lock = threading.RLock()
 
     def keystore(self, site: str) -> Keystore:
         """The device keys of one site (``<state>/keys/<site>/``)."""
@@ -105,6 +106,10 @@ class Session:
 
     @property
     def http(self) -> MenderHttp:
+        with self._lock:
+            return self._connect()
+
+    def _connect(self) -> MenderHttp:
         if self._http is None:
             if not self._server_url:
                 raise UsageProblem(
@@ -141,17 +146,22 @@ class Session:
         key = (site, device.name)
         with self._lock:
             api = self._devices.get(key)
-            if api is None:
-                api = DeviceApi(
+        if api is not None:
+            return api
+        # Loading (and maybe decrypting) the key outside the lock: other devices go on meanwhile.
+        private = self.keystore(site).load(device.name, passphrase=self.passphrase)
+        with self._lock:
+            return self._devices.setdefault(
+                key,
+                DeviceApi(
                     self.http,
                     identity=dict(device.identity),
-                    key=self.keystore(site).load(device.name, passphrase=self.passphrase),
+                    key=private,
                     tenant_token=self.tenant_token,
                     clock=self.clock,
                     allowed_download_hosts=self.allowed_download_hosts,
-                )
-                self._devices[key] = api
-            return api
+                ),
+            )
 
     def forget_device(self, site: str, name: str) -> None:
         with self._lock:

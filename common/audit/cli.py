@@ -14,10 +14,9 @@ from gapferry.common.atomic import atomic_write_bytes
 from gapferry.common.audit.audit import run_audit
 from gapferry.common.audit.render_html import render_html
 from gapferry.common.audit.render_text import render_json, render_text
-from gapferry.common.cliutil import handle_errors
-from gapferry.common.errors import UsageProblem
+from gapferry.common.cliutil import handle_errors, load_trust_policy
+from gapferry.common.errors import EnvironmentFailure, UsageProblem
 from gapferry.common.limits import DEFAULT_LIMITS
-from gapferry.common.trust import TrustPolicy
 
 __all__ = ["audit"]
 
@@ -43,6 +42,28 @@ def _read_artifact_key(path: Path) -> bytes:
     return data
 
 
+def _check_report_folder(path: Path) -> None:
+    """Refuse an --html path whose folder does not exist before the audit runs, not after."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsageProblem(
+            f"cannot write the HTML report {path}: the folder {folder} does not exist",
+            remedy="create the folder first, or pass --html a path in an existing folder",
+            code="report-folder-missing",
+        )
+
+
+def _write_report(path: Path, page: str) -> None:
+    try:
+        atomic_write_bytes(path, page.encode("utf-8"))
+    except OSError as e:
+        raise EnvironmentFailure(
+            f"cannot write the HTML report {path}: {e.strerror or e}",
+            remedy="pass --html a path on a writable file system with free space",
+            code="report-not-written",
+        ) from e
+
+
 @click.command()
 @click.argument("transfer", type=click.Path(path_type=Path))
 @click.argument("results", nargs=-1, type=click.Path(path_type=Path))
@@ -53,7 +74,13 @@ def _read_artifact_key(path: Path) -> bytes:
     type=click.Path(path_type=Path, dir_okay=False),
     help="OpenSSH allowed_signers file of the signers you trust.",
 )
-@click.option("--threshold", default=1, show_default=True, help="Distinct trusted keys required.")
+@click.option(
+    "--threshold",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Distinct trusted keys required.",
+)
 @click.option(
     "--artifact-key",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -84,10 +111,25 @@ def audit(  # noqa: PLR0917 - click passes one argument per option
     bundles. RESULT may also be a medium holding result bundles. TRANSFER and RESULT may be
     single-file bundles (.tar): each is extracted into a temporary folder and audited there.
 
-    Exit codes: 0 every check passed; 1 a check failed or a discrepancy was found; 2 usage;
-    3 evidence incomplete or unreadable.
+    \b
+    Examples:
+      gapferry audit /media/stick/gapferry/transfer-plant-a-00000042-1a2b3c4d \\
+          /media/stick/gapferry/result-plant-a-00000042-9f8e7d6c --trust allowed_signers
+      gapferry audit transfer.tar /media/returned-stick --trust allowed_signers \\
+          --artifact-key artifact-signing.pub.pem --html audit-plant-a-42.html
+      gapferry audit transfer.tar result.tar --trust allowed_signers --json | jq .verdict
+
+    \b
+    Exit codes:
+      0  every check passed
+      1  a check failed or a discrepancy was found
+      2  usage: bad options, TRANSFER is not a transfer bundle, unreadable trust or key file
+      3  evidence incomplete or unreadable (no completion marker, a file missing or truncated)
+      4  environment: the HTML report could not be written
     """
-    policy = TrustPolicy.from_file(trust, threshold=threshold)
+    policy = load_trust_policy(trust, threshold=threshold)
+    if html_out is not None:
+        _check_report_folder(html_out)
     key = _read_artifact_key(artifact_key) if artifact_key is not None else None
     report = run_audit(
         transfer,
@@ -99,7 +141,7 @@ def audit(  # noqa: PLR0917 - click passes one argument per option
         artifact_key=key,
     )
     if html_out is not None:
-        atomic_write_bytes(html_out, render_html(report).encode("utf-8"))
+        _write_report(html_out, render_html(report))
     if json_output:
         sys.stdout.buffer.write(render_json(report))
         sys.stdout.flush()

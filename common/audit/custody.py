@@ -42,7 +42,7 @@ from gapferry.common.bundle.layout import (
     kind_of_dir_name,
     parse_marker,
 )
-from gapferry.common.errors import IncompleteBundle, InvalidData, UsageProblem
+from gapferry.common.errors import EnvironmentFailure, IncompleteBundle, InvalidData, UsageProblem
 from gapferry.common.limits import DEFAULT_LIMITS, Limits
 from gapferry.common.safepath import open_regular
 from gapferry.common.signers import Signer
@@ -466,8 +466,10 @@ def append_custody_event(
     replaces.
 
     Raises:
-        UsageProblem: ``not-a-bundle``, ``naive-time``, ``bad-event`` (empty or too long text).
+        UsageProblem: ``not-a-bundle``, ``naive-time``, ``bad-event`` (empty or too long text),
+            ``concurrent-add``.
         IncompleteBundle: ``incomplete``, ``marker-mismatch``.
+        EnvironmentFailure: ``custody-not-written`` (read-only or full medium).
         InvalidData: ``bad-custody`` (the existing log has gaps or unexpected files),
             ``too-many-events``, ``malformed-manifest``, ``wrong-kind``.
     """
@@ -530,14 +532,23 @@ def append_custody_event(
     target = root / CUSTODY_DIR
     if target.is_symlink():
         raise _damaged(f"{root.name}: {CUSTODY_DIR} is a symbolic link")
-    target.mkdir(exist_ok=True)
     path = root / event_name(number)
-    if path.exists() or temp_name_for(path).exists():
-        raise UsageProblem(
-            f"{path} appeared while this event was written (another `custody add` at once?)",
-            remedy="run `gapferry custody show` and add the event again",
-            code="concurrent-add",
-        )
-    atomic_write_bytes(path.with_name(path.name + ".sig"), sig)
-    atomic_write_bytes(path, raw)
+    try:
+        target.mkdir(exist_ok=True)
+        if path.exists() or temp_name_for(path).exists():
+            raise UsageProblem(
+                f"{path} appeared while this event was written (another `custody add` at once?)",
+                remedy="run `gapferry custody show` and add the event again",
+                code="concurrent-add",
+            )
+        atomic_write_bytes(path.with_name(path.name + ".sig"), sig)
+        atomic_write_bytes(path, raw)
+    except OSError as e:
+        # An orphan signature left behind is skipped by readers and replaced by the next add.
+        raise EnvironmentFailure(
+            f"cannot write custody event {number} to {target}: {e.strerror or e}",
+            remedy="check that the medium is mounted read-write and has free space, then run "
+            "the same `gapferry custody add` again",
+            code="custody-not-written",
+        ) from e
     return path

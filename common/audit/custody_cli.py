@@ -15,12 +15,12 @@ from gapferry.common.audit.audit import software_version
 from gapferry.common.audit.core import build_report, bundle_section
 from gapferry.common.audit.custody import append_custody_event, default_custody_actor
 from gapferry.common.audit.gather import gather_bundle
-from gapferry.common.audit.render_text import safe_text
-from gapferry.common.cliutil import emit_json, handle_errors
+from gapferry.common.audit.render_text import custody_event_text, safe_text
+from gapferry.common.cliutil import emit_json, handle_errors, load_trust_policy
+from gapferry.common.cosign_cli import find_one_bundle, signer_passphrase
 from gapferry.common.errors import IncompleteBundle, InvalidData
 from gapferry.common.limits import DEFAULT_LIMITS
 from gapferry.common.signers import load_signer
-from gapferry.common.trust import TrustPolicy
 
 __all__ = ["custody"]
 
@@ -30,10 +30,6 @@ def custody() -> None:
     """Record and show who handled a bundle (signed events beside the signed manifest)."""
 
 
-def _passphrase() -> bytes:
-    return click.prompt("passphrase", hide_input=True, err=True).encode("utf-8")
-
-
 @custody.command("add")
 @click.argument("bundle", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("--event", "event", required=True, help="What happened, e.g. 'received at gate 3'.")
@@ -41,7 +37,8 @@ def _passphrase() -> bytes:
     "--sign",
     "sign",
     required=True,
-    help="Your key: an OpenSSH private key file, agent:KEY.pub, or a FIDO key handle.",
+    help="Your key: an OpenSSH private key file, PATH.pub (ssh-keygen/agent), agent:PATH.pub, "
+    "or a FIDO key handle.",
 )
 @click.option("--actor", default=None, help="Your name as the site knows you (default: login).")
 @click.option("--json", "json_output", is_flag=True, help="Print the event file as JSON.")
@@ -49,11 +46,30 @@ def _passphrase() -> bytes:
 def add(bundle: Path, event: str, sign: str, actor: str | None, json_output: bool) -> None:
     """Append a signed custody event to BUNDLE (the signed manifest is not touched).
 
-    Exit codes: 0 recorded; 1 the custody log is damaged; 2 usage; 3 the bundle is incomplete.
+    BUNDLE is a bundle folder (gapferry/transfer-... or gapferry/result-...) or the root of a
+    medium holding exactly one bundle. The event (who, when, what) is signed with --sign in the
+    namespace gapferry-custody-v1@gapferry and chained to the previous event; `gapferry audit`
+    and `gapferry custody show` verify the chain. The passphrase of an encrypted key comes from
+    GAPFERRY_SIGN_PASSPHRASE or a prompt; never pass it as an argument.
+
+    \b
+    Examples:
+      gapferry custody add /media/stick --event "received at gate 3" --sign ~/.ssh/id_ed25519
+      gapferry custody add /media/stick/gapferry/transfer-plant-a-00000042-1a2b3c4d \\
+          --event "handed to the technician" --sign agent:$HOME/.ssh/id_ecdsa.pub --actor carol
+      gapferry custody show /media/stick --trust custody_allowed_signers
+
+    \b
+    Exit codes:
+      0  recorded
+      1  the custody log is damaged (gaps, unexpected or linked files)
+      2  usage: bad options, not a bundle, unusable key
+      3  the bundle is incomplete (no valid completion marker)
+      4  environment: the event could not be written (medium full or read-only)
     """
-    signer = load_signer(sign, passphrase=_passphrase)
+    signer = load_signer(sign, passphrase=signer_passphrase)
     path = append_custody_event(
-        bundle,
+        find_one_bundle(bundle),
         signer=signer,
         event=event,
         actor=default_custody_actor(actor),
@@ -79,12 +95,27 @@ def add(bundle: Path, event: str, sign: str, actor: str | None, json_output: boo
 def show(bundle: Path, trust: Path, json_output: bool) -> None:
     """Verify BUNDLE and show its chain of custody, event by event.
 
-    Exit codes: 0 the bundle and every event verify; 1 something failed; 2 usage;
-    3 the bundle is incomplete.
+    BUNDLE is a bundle folder or the root of a medium holding exactly one bundle. The bundle
+    itself must verify against --trust; then each event's signature (by a key --trust lists, in
+    the namespace gapferry-custody-v1@gapferry), its place in the hash chain and its time.
+
+    \b
+    Examples:
+      gapferry custody show /media/stick --trust allowed_signers
+      gapferry custody show /media/stick/gapferry/result-plant-a-00000042-9f8e7d6c \\
+          --trust allowed_signers --json | jq '.events[] | [.number, .actor, .event]'
+
+    \b
+    Exit codes:
+      0  the bundle and every event verify
+      1  the bundle or an event does not verify
+      2  usage: bad options, not a bundle, unreadable trust file
+      3  the bundle is incomplete (no valid completion marker)
     """
-    policy = TrustPolicy.from_file(trust)
+    policy = load_trust_policy(trust)
     now = datetime.now(tz=UTC)
-    b = gather_bundle(bundle, policy=policy, now=now, limits=DEFAULT_LIMITS)
+    path = find_one_bundle(bundle)
+    b = gather_bundle(path, policy=policy, now=now, limits=DEFAULT_LIMITS)
     if b.kind == "transfer":
         report = build_report(
             b,
@@ -102,8 +133,7 @@ def show(bundle: Path, trust: Path, json_output: bool) -> None:
         failed = [c for c in section.checks if c.status in ("fail", "incomplete")]
         family = IncompleteBundle if all(c.status == "incomplete" for c in failed) else InvalidData
         raise family(
-            f"{bundle.name} does not verify: "
-            + "; ".join(f"{c.name}: {c.summary}" for c in failed),
+            f"{path.name} does not verify: " + "; ".join(f"{c.name}: {c.summary}" for c in failed),
             remedy="custody of a bundle that does not verify means nothing; run gapferry audit",
             code="bundle-invalid",
         )
@@ -129,11 +159,7 @@ def show(bundle: Path, trust: Path, json_output: bool) -> None:
             click.echo("  no custody events")
         for e in section.custody:
             mark = "ok  " if e.status == "pass" else "FAIL"
-            click.echo(
-                f"  [{mark}] {e.number:4d} {e.at.isoformat() if e.at else '-'} "
-                f"{safe_text(e.actor or '-')}: {safe_text(e.event or '-')} "
-                f"(signed by {safe_text(e.signer or '-')} {e.fingerprint or ''})"
-            )
+            click.echo(f"  [{mark}] {e.number:4d} {custody_event_text(e)}")
             for p in e.problems:
                 click.echo(f"         {safe_text(p)}")
         for c in custody_checks:

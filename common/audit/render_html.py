@@ -247,7 +247,9 @@ def _bundle(sec: BundleSection) -> str:
                         _e(e.number),
                         _e(_when(e.at)),
                         _e(e.actor or "-"),
-                        _e(e.event or "-"),
+                        _e(e.event)
+                        if e.event is not None
+                        else "<span class='meta'>not shown: the event did not verify</span>",
                         f"{_e(e.signer or '-')}<br><span class='mono'>{_e(e.fingerprint)}</span>",
                         _badge(e.status) + "".join(f"<br>{_e(p)}" for p in e.problems),
                     ]

@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 
 import msgspec
-from gapferry.common.audit.model import AuditReport, BundleSection
+from gapferry.common.audit.model import AuditReport, BundleSection, CustodyRow
 
-__all__ = ["render_json", "render_text", "safe_text"]
+__all__ = ["custody_event_text", "render_json", "render_text", "safe_text"]
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _MARK = {"pass": "ok  ", "fail": "FAIL", "incomplete": "MISS", "info": "info"}
@@ -73,13 +73,22 @@ def _bundle(sec: BundleSection) -> list[str]:
             f"  [{_MARK[f.status]}] file {safe_text(f.path)} {f.size} B sha256 {f.sha256}{found}"
         )
     for e in sec.custody:
-        out.append(
-            f"  [{_MARK[e.status]}] custody {e.file} {e.at or '-'} {safe_text(e.actor or '-')}: "
-            f"{safe_text(e.event or '-')} (signed by {safe_text(e.signer or '-')} {e.fingerprint or ''})"
-        )
+        out.append(f"  [{_MARK[e.status]}] custody {e.file} {custody_event_text(e)}")
         for p in e.problems:
             out.append(f"         {safe_text(p)}")
     return out
+
+
+def custody_event_text(e: CustodyRow) -> str:
+    """``<time> <actor>: <event> (signed by <principal> <fingerprint>)``; an event whose content
+    was not read (its signature failed, or it could not be read safely) says so instead of
+    showing blanks, and its problems follow on their own lines."""
+    key = e.fingerprint or "unreadable key"
+    signed = f"signed by {safe_text(e.signer)} {key}" if e.signer else f"key {key}"
+    if e.event is None:
+        return f"(content not shown: the event did not verify) ({signed})"
+    when = e.at.isoformat() if e.at else "-"
+    return f"{when} {safe_text(e.actor or '-')}: {safe_text(e.event)} ({signed})"
 
 
 def render_text(report: AuditReport) -> str:

@@ -4,7 +4,7 @@ The public surface, for pack, ingest and apply:
 
 - models: `TransferManifest`, `ResultManifest` and their parts (`model`), canonical `encode`;
 - the pure core: `verify_transfer_manifest`, `verify_result_manifest` -> `VerifiedTransfer`,
-  `VerifiedResult`; `check_not_replayed`;
+  `VerifiedResult`; `check_not_replayed`; `trust_before_failure`;
 - reading media: `open_bundle` -> `OpenedBundle` (`.transfer`, `.result`, `.open_artifact`,
   `.read_log`), `find_bundles`; its individual checks, for callers that record rather than
   stop (`gapferry audit`): `scan.scan_folder` and the steps in `steps`;
@@ -49,6 +49,7 @@ from gapferry.common.bundle.verify import (
     VerifiedResult,
     VerifiedTransfer,
     check_not_replayed,
+    trust_before_failure,
     verify_result_manifest,
     verify_transfer_manifest,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "namespace_for",
     "open_bundle",
     "to_tar",
+    "trust_before_failure",
     "utc_now",
     "verify_result_manifest",
     "verify_transfer_manifest",

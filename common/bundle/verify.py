@@ -46,12 +46,17 @@ __all__ = [
     "check_not_replayed",
     "check_result_consistency",
     "check_transfer_consistency",
+    "trust_before_failure",
     "verify_result_manifest",
     "verify_transfer_manifest",
 ]
 
 #: How far the verifying machine's clock may be behind the writer's before it is called wrong.
 CLOCK_TOLERANCE = timedelta(minutes=10)
+
+#: Attribute on an error raised after every signature was accepted: the `TrustResult`, so that
+#: a report can still say who signed (read it with `trust_before_failure`).
+_TRUST_ATTR = "trust_before_failure"
 
 _PORTABLE = re.compile(r"^[A-Za-z0-9._/-]+$")
 _REMEDY_REPLACE = "do not use this bundle; ask the sender for a new one"
@@ -135,6 +140,14 @@ def _check_signatures(
     return result
 
 
+def trust_before_failure(err: BaseException) -> TrustResult | None:
+    """The signatures' verdict when `err` was raised after they were all accepted (a manifest
+    that is expired, malformed, inconsistent, ...), else None: lets a report show what was
+    verified before the failure (SPEC 8, steps 5-6)."""
+    found = getattr(err, _TRUST_ATTR, None)
+    return found if isinstance(found, TrustResult) else None
+
+
 def _check_header(raw: bytes, kind: Kind) -> None:
     version, found_kind = peek_header(raw)
     if version != FORMAT_VERSION:
@@ -160,6 +173,15 @@ def _check_clock(created: datetime, now: datetime, *, what: str) -> None:
             f"{now.isoformat()}: the clock is probably wrong",
             remedy="set this computer's date and time correctly (UTC), then verify again",
             code="clock-wrong",
+        )
+
+
+def _check_expiry(expires: datetime, now: datetime) -> None:
+    if now >= expires:
+        raise InvalidData(
+            f"this transfer bundle expired at {expires.isoformat()} (now {now.isoformat()})",
+            remedy="ask the operator for a fresh bundle; if the clock is wrong, set it and retry",
+            code="expired",
         )
 
 
@@ -332,7 +354,8 @@ def verify_transfer_manifest(
     now: datetime,
     limits: Limits,
 ) -> VerifiedTransfer:
-    """Verify a transfer manifest (SPEC 8, steps 1-5).
+    """Verify a transfer manifest (SPEC 8, steps 1-5). An error raised after the signatures
+    were accepted carries their verdict (`trust_before_failure`).
 
     Raises:
         InvalidData: ``manifest-too-large``; trust codes ``unsigned``, ``bad-signature``,
@@ -345,16 +368,15 @@ def verify_transfer_manifest(
     trust = _check_signatures(
         raw, signatures, kind="transfer", policy=policy, now=now, limits=limits
     )
-    _check_header(raw, "transfer")
-    m = decode_manifest(raw, TransferManifest)
-    check_transfer_consistency(m, limits)
-    _check_clock(m.created, now, what="transfer bundle")
-    if now >= m.expires:
-        raise InvalidData(
-            f"this transfer bundle expired at {m.expires.isoformat()} (now {now.isoformat()})",
-            remedy="ask the operator for a fresh bundle; if the clock is wrong, set it and retry",
-            code="expired",
-        )
+    try:
+        _check_header(raw, "transfer")
+        m = decode_manifest(raw, TransferManifest)
+        check_transfer_consistency(m, limits)
+        _check_clock(m.created, now, what="transfer bundle")
+        _check_expiry(m.expires, now)
+    except InvalidData as err:
+        setattr(err, _TRUST_ATTR, trust)
+        raise
     return VerifiedTransfer(manifest=m, raw=raw, manifest_sha256=manifest_sha256(raw), trust=trust)
 
 
@@ -373,10 +395,14 @@ def verify_result_manifest(
         UsageProblem: ``naive-time``.
     """
     trust = _check_signatures(raw, signatures, kind="result", policy=policy, now=now, limits=limits)
-    _check_header(raw, "result")
-    m = decode_manifest(raw, ResultManifest)
-    check_result_consistency(m, limits)
-    _check_clock(m.created, now, what="result bundle")
+    try:
+        _check_header(raw, "result")
+        m = decode_manifest(raw, ResultManifest)
+        check_result_consistency(m, limits)
+        _check_clock(m.created, now, what="result bundle")
+    except InvalidData as err:
+        setattr(err, _TRUST_ATTR, trust)
+        raise
     return VerifiedResult(manifest=m, raw=raw, manifest_sha256=manifest_sha256(raw), trust=trust)
 
 

@@ -4,7 +4,8 @@ A stick can accept a write into the page cache and still lose or garble it: a fa
 stick, a worn cell, a pull before the flush. So after writing, the writer reads every file back
 *from the medium*: it fsyncs the file, asks the kernel to drop the file's cached pages
 (``posix_fadvise(POSIX_FADV_DONTNEED)``; clean pages are dropped, so the following reads go to the
-device), then hashes the file in one pass. Only when every file matches does the writer put down
+device), then hashes the file in one pass, reading ahead of the hash (`gapferry.common.digest.pump`,
+ADR 0034). Only when every file matches does the writer put down
 the completion marker (bundle_spec/SPEC.md, "Writing order").
 
 ``O_DIRECT`` is not used: FAT via FUSE and some kernels refuse it, and it needs aligned buffers.
@@ -19,7 +20,7 @@ import os
 import stat
 from pathlib import Path
 
-from gapferry.common.digest import CHUNK, Progress
+from gapferry.common.digest import CHUNK, OVERLAP_MIN, Progress, pump
 from gapferry.common.errors import EnvironmentFailure, InvalidData
 
 __all__ = ["ReadbackMismatch", "drop_cache", "verify_file"]
@@ -83,15 +84,25 @@ def verify_file(path: Path, *, sha256: str, size: int, progress: Progress | None
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         h = hashlib.sha256()
-        got = 0
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
+
+        def too_long(got: int) -> None:
+            if got > size:
+                raise ReadbackMismatch(
+                    f"{path}: expected {size} bytes on the medium, read more", remedy=remedy
+                )
+
         with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-            while n := f.readinto(view):
-                got += n
-                h.update(view[:n])
-                if progress is not None:
-                    progress(n)
+            if size >= OVERLAP_MIN:  # the next chunk is read while this one is hashed
+                got = pump(f, [h.update], check=too_long, progress=progress)
+            else:
+                got = 0
+                view = memoryview(bytearray(CHUNK))
+                while n := f.readinto(view):
+                    got += n
+                    too_long(got)
+                    h.update(view[:n])
+                    if progress is not None:
+                        progress(n)
         if got != size:
             raise ReadbackMismatch(
                 f"{path}: expected {size} bytes on the medium, read {got}", remedy=remedy

@@ -6,6 +6,7 @@ prints a summary table at the end (to stdout, or one JSON document with ``--json
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +17,9 @@ from gapferry.connected.session import Session, default_state_dir
 
 __all__ = [
     "ENV_HELP",
+    "EXIT_HELP",
     "finish",
+    "help_footer",
     "json_option",
     "open_session",
     "print_table",
@@ -30,6 +33,25 @@ ENV_HELP = (
     "MENDER_TENANT_TOKEN, GAPFERRY_STATE (ledger and keys), GAPFERRY_CA_BUNDLE (on-premises CA), "
     "GAPFERRY_KEY_PASSPHRASE (encrypted device keys; never pass it as an argument)."
 )
+
+#: The exit codes of the connected-side commands (`gapferry.common.cliutil`).
+EXIT_HELP = (
+    "Exit codes: 0 done; 1 a device or row failed (see the table; the others were done) or "
+    "the data is invalid; 2 usage (a bad option, MENDER_SERVER_URL or MENDER_API_TOKEN not set); "
+    "4 environment (server unreachable or failing, TLS, the ledger)."
+)
+
+C = TypeVar("C", bound=click.Command)
+
+
+def help_footer(*parts: str) -> Callable[[C], C]:
+    """Append paragraphs (exit codes, environment) to a command's ``--help``."""
+
+    def deco(cmd: C) -> C:
+        cmd.help = "\n\n".join([inspect.cleandoc(cmd.help or ""), *parts])
+        return cmd
+
+    return deco
 
 
 def state_option(f: F) -> F:
@@ -55,13 +77,27 @@ def open_session(
     command: str,
     concurrency: int = 8,
     allowed_download_hosts: Sequence[str] = (),
+    needs_server: bool = False,
 ) -> Session:
-    return Session.from_env(
+    """The command's session. With `needs_server`, a missing ``MENDER_SERVER_URL`` stops the
+    command before it does anything (exit 2), instead of failing every device one by one.
+
+    Raises:
+        UsageProblem: ``no-server-url`` (with `needs_server`).
+    """
+    session = Session.from_env(
         state_dir=state_dir or default_state_dir(),
         command=command,
         concurrency=concurrency,
         allowed_download_hosts=frozenset(allowed_download_hosts),
     )
+    if needs_server:
+        try:
+            session.http  # noqa: B018 - checks the configuration, opens no connection yet
+        except BaseException:
+            session.close()
+            raise
+    return session
 
 
 def print_table(rows: list[dict[str, Any]], columns: Sequence[str], *, title: str = "") -> None:

@@ -7,7 +7,15 @@ from pathlib import Path
 import click
 from gapferry.common.cliutil import emit_json, handle_errors
 from gapferry.connected import devices as ops
-from gapferry.connected.cli._common import finish, json_option, open_session, state_option
+from gapferry.connected.cli._common import (
+    ENV_HELP,
+    EXIT_HELP,
+    finish,
+    help_footer,
+    json_option,
+    open_session,
+    state_option,
+)
 from gapferry.connected.keystore import KeyAlgorithm
 from gapferry.connected.site import load_site
 
@@ -38,6 +46,7 @@ def device() -> None:
     """
 
 
+@help_footer(EXIT_HELP, ENV_HELP)
 @device.command("keygen")
 @_site_options
 @click.option(
@@ -92,6 +101,7 @@ def keygen(
     finish([r.to_dict() for r in rows], _COLUMNS, json_output=json_output, title="keygen")
 
 
+@help_footer(EXIT_HELP, ENV_HELP)
 @device.command("preauth")
 @_site_options
 @handle_errors
@@ -105,11 +115,12 @@ def preauth(
       gapferry device preauth --site plant-north.toml
     """
     s = load_site(site_file)
-    with open_session(state_dir, command="device preauth") as session:
+    with open_session(state_dir, command="device preauth", needs_server=True) as session:
         rows = ops.preauthorize(session, s, s.select(device_name))
     finish([r.to_dict() for r in rows], _COLUMNS, json_output=json_output, title="preauth")
 
 
+@help_footer(EXIT_HELP, ENV_HELP)
 @device.command("auth")
 @_site_options
 @handle_errors
@@ -123,11 +134,12 @@ def auth(
       gapferry device auth --site plant-north.toml --device pump-01
     """
     s = load_site(site_file)
-    with open_session(state_dir, command="device auth") as session:
+    with open_session(state_dir, command="device auth", needs_server=True) as session:
         rows = ops.authenticate(session, s, s.select(device_name))
     finish([r.to_dict() for r in rows], _COLUMNS, json_output=json_output, title="auth")
 
 
+@help_footer(EXIT_HELP, ENV_HELP)
 @device.command("status")
 @_site_options
 @handle_errors
@@ -146,6 +158,7 @@ def status(
     finish([r.to_dict() for r in rows], _COLUMNS, json_output=json_output, title="status")
 
 
+@help_footer(EXIT_HELP, ENV_HELP)
 @device.command("cleanup")
 @_site_options
 @click.option(
@@ -170,13 +183,14 @@ def cleanup(
       gapferry device cleanup --site plant-north.toml --device pump-07 --decommission
     """
     s = load_site(site_file)
-    with open_session(state_dir, command="device cleanup") as session:
+    with open_session(state_dir, command="device cleanup", needs_server=True) as session:
         rows = ops.cleanup(
             session, s, s.select(device_name), decommission=decommission, force=force
         )
     finish([r.to_dict() for r in rows], _COLUMNS, json_output=json_output, title="cleanup")
 
 
+@help_footer(EXIT_HELP, ENV_HELP)
 @device.command("pubkey")
 @_site_options
 @handle_errors

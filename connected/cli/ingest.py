@@ -39,6 +39,14 @@ __all__ = ["ingest"]
     type=click.IntRange(1, 16),
     help="Distinct trusted signatures a result bundle needs.",
 )
+@click.option(
+    "--jobs",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Devices reported at once (bounded concurrency towards the server; each device's "
+    "reports stay in order).",
+)
 @state_option
 @json_option
 @handle_errors
@@ -48,6 +56,7 @@ def ingest(
     wait: bool,
     trust_file: Path,
     threshold: int,
+    jobs: int,
     state_dir: Path | None,
     json_output: bool,
 ) -> None:
@@ -71,7 +80,7 @@ def ingest(
     """
     folder = resolve_medium(media, wait=wait, how="gapferry ingest /media/stick")
     policy = TrustPolicy.from_file(trust_file, threshold=threshold)
-    with open_session(state_dir, command="ingest") as session:
+    with open_session(state_dir, command="ingest", concurrency=jobs, needs_server=True) as session:
         report = ops.ingest(session, folder, trust=policy, now=time.time())
     rows = [r.to_dict() for r in report.rows]
     if json_output:

@@ -117,7 +117,11 @@ def pack(
     signer = load_signer(sign_key, passphrase=_signer_passphrase)
     key = artifact_key.read_bytes() if artifact_key else None
     with open_session(
-        state_dir, command="pack", concurrency=jobs, allowed_download_hosts=allow_download_host
+        state_dir,
+        command="pack",
+        concurrency=jobs,
+        allowed_download_hosts=allow_download_host,
+        needs_server=True,
     ) as session:
         report = ops.pack(
             session,

@@ -7,7 +7,15 @@ from pathlib import Path
 import click
 from gapferry.common.cliutil import handle_errors
 from gapferry.connected import release as ops
-from gapferry.connected.cli._common import finish, json_option, open_session, state_option
+from gapferry.connected.cli._common import (
+    ENV_HELP,
+    EXIT_HELP,
+    finish,
+    help_footer,
+    json_option,
+    open_session,
+    state_option,
+)
 from gapferry.connected.site import load_site
 
 __all__ = ["release"]
@@ -18,6 +26,7 @@ def release() -> None:
     """Artifacts and deployments on the Mender Server (management API, MENDER_API_TOKEN)."""
 
 
+@help_footer(EXIT_HELP, ENV_HELP)
 @release.command("upload")
 @click.argument("artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--description", default="", help="Shown in the Mender UI.")
@@ -45,7 +54,7 @@ def upload(
       gapferry release upload pump-fw-1.1.mender --description "pump firmware 1.1"
     """
     key = artifact_key.read_bytes() if artifact_key else None
-    with open_session(state_dir, command="release upload") as session:
+    with open_session(state_dir, command="release upload", needs_server=True) as session:
         res = ops.upload(session, artifact, description=description, verify_key=key)
     finish(
         [res.to_dict()],
@@ -55,6 +64,7 @@ def upload(
     )
 
 
+@help_footer(EXIT_HELP, ENV_HELP)
 @release.command("deploy")
 @click.option(
     "--site",
@@ -85,7 +95,7 @@ def deploy(
       gapferry release deploy --site plant-north.toml --artifact-name pump-fw-1.1
     """
     s = load_site(site_file)
-    with open_session(state_dir, command="release deploy") as session:
+    with open_session(state_dir, command="release deploy", needs_server=True) as session:
         res = ops.deploy(session, s, s.select(device_name), artifact_name=artifact_name, name=name)
     finish(
         [res.to_dict()],

@@ -6,10 +6,15 @@ from pathlib import Path
 
 import click
 from gapferry.common.cliutil import emit_json, handle_errors
-from gapferry.connected.cli._common import json_option
+from gapferry.connected.cli._common import help_footer, json_option
 from gapferry.connected.site import load_site, write_example
 
 __all__ = ["site"]
+
+_SITE_EXIT = (
+    "Exit codes: 0 done; 2 the site file is missing or invalid (the message says where and what "
+    "to fix) or exists already (--force); 4 it cannot be written."
+)
 
 
 @click.group()
@@ -17,6 +22,7 @@ def site() -> None:
     """Site files: the devices of one air-gapped site, as the connected side knows them."""
 
 
+@help_footer(_SITE_EXIT)
 @site.command("init")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
@@ -38,6 +44,7 @@ def init(path: Path, force: bool, json_output: bool) -> None:
         click.echo(f"wrote {path}; edit it, then run `gapferry site check {path}`")
 
 
+@help_footer(_SITE_EXIT)
 @site.command("check")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @json_option

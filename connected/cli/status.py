@@ -6,14 +6,29 @@ from pathlib import Path
 
 import click
 from gapferry.common.cliutil import handle_errors
-from gapferry.connected.cli._common import finish, json_option, open_session, state_option
+from gapferry.connected.cli._common import (
+    ENV_HELP,
+    EXIT_HELP,
+    finish,
+    help_footer,
+    json_option,
+    open_session,
+    state_option,
+)
+from gapferry.connected.site import load_site
 from gapferry.connected.status import in_flight
 
 __all__ = ["status"]
 
 
+@help_footer(EXIT_HELP, ENV_HELP)
 @click.command()
-@click.option("--site", "site_name", default=None, help="Only this site (its name).")
+@click.option(
+    "--site",
+    "site_name",
+    default=None,
+    help="Only this site: its name, or its site file (as for pack).",
+)
 @click.option("--all", "everything", is_flag=True, help="Also finished deployments.")
 @click.option("--offline", is_flag=True, help="Do not ask the server.")
 @state_option
@@ -33,7 +48,11 @@ def status(
     Examples:
       gapferry status
       gapferry status --site plant-north --all --json
+      gapferry status --site plant-north.toml
     """
+    if site_name is not None and site_name.endswith(".toml"):
+        # The same --site as every other connected command (a site file) works here too.
+        site_name = load_site(Path(site_name)).name
     with open_session(state_dir, command="status") as session:
         rows = in_flight(session, site=site_name, everything=everything, ask_server=not offline)
     finish(

@@ -301,7 +301,8 @@ class MenderHttp:
                     ) from e
                 if not idempotent or attempt + 1 >= self.retry.attempts:
                     raise MenderUnavailable(
-                        f"{what}: {method} {urlsplit(url).path} failed: {type(e).__name__}",
+                        f"{what}: {method} {urlsplit(url).path} failed: cannot reach "
+                        f"{self.netloc} ({type(e).__name__}: {e or 'no detail'})",
                         remedy="check the network and MENDER_SERVER_URL, then run again",
                         method=method,
                         path=urlsplit(url).path,

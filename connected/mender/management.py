@@ -232,6 +232,13 @@ class ManagementApi:
         )
         if resp.status_code == 409:
             return None
+        if resp.status_code == 422:
+            raise error_for(
+                resp,
+                what=what,
+                remedy=f"the server has no artifact named {artifact_name!r}: upload it first "
+                "(`gapferry release upload FILE`) or check the name",
+            )
         if resp.status_code != 201:
             raise error_for(resp, what=what)
         return str(resp.headers.get("Location", "").rstrip("/").rsplit("/", 1)[-1]) or None

@@ -101,10 +101,14 @@ class _Run:
         self.log = job.log
         self.timeout = job.target.command_timeout
         self.root = posixpath.normpath(job.target.root)
-        #: True once the first change on the device was made.
+        #: True once the first change on the device was made (a temporary upload).
         self.started = False
+        #: True once the target itself was touched (the first rename).
+        self.changed = False
+        #: What an interrupted upload may have left next to the target (said in the reason).
+        self.left_behind = ""
         #: What a failed placement left: said in the failure reason.
-        self.restored = "the previous content was restored"
+        self.restored = "the previous content was not touched"
 
     def finish(self, outcome: str, reason: str | None = None, **kw: object) -> DeviceReport:
         d = self.job.device
@@ -129,7 +133,7 @@ class _Run:
             stage_artifact(job, stager)
             placement = plan_placement(job.artifact, stager, limits=job.limits)
             tree = self.unpack(placement) if placement.kind == "directory" else None
-            for p in (placement.dest_dir, placement.filename or ""):
+            for p in (self.root, placement.dest_dir, placement.filename or ""):
                 check_name(p)
         except InvalidData as e:
             return self.finish(
@@ -170,10 +174,18 @@ class _Run:
             assert tree is not None  # noqa: S101 - set above for directory payloads
             return self.directory(tree, dest, exists, token)
         except SshFailure as e:
+            if not self.changed:
+                # Only checks, or an upload to a temporary name: the target was not touched.
+                left = f" {self.left_behind}" if self.left_behind else ""
+                return self.finish(
+                    "skipped",
+                    f"{e.message}; nothing was replaced on the device.{left} {e.remedy}",
+                    retry=True,
+                    code=e.code,
+                )
             return self.finish(
-                "skipped" if not self.started else "failure",
-                f"{e.message}; {e.remedy}",
-                retry=not self.started,
+                "failure",
+                f"{e.message} while replacing; {self.restored}. {e.remedy}",
                 code=e.code,
             )
 
@@ -264,17 +276,49 @@ class _Run:
             )
         return True
 
+    def replacing(self, target: str, backup: str, tmp: str, *, exists: bool) -> None:
+        """The first change of the target: rename it to `backup` (when it exists). From here on
+        a lost connection leaves the device in a state only a look can tell (`restored` says
+        what to look for).
+
+        Raises:
+            SftpFailure: the rename failed (the target was not touched).
+            SshFailure: the connection was lost.
+        """
+        self.changed = True
+        self.restored = (
+            f"the device's state is not known: if {target} is missing, the previous content is"
+            f" {backup} (rename it back by hand); remove {tmp} if it is there"
+            if exists
+            else f"the device's state is not known: {tmp} or {target} may be there"
+        )
+        if not exists:
+            return
+        try:
+            self.s.must(
+                [f"rename {quote(target)} {quote(backup)}"],
+                timeout=_SHORT,
+                what=f"keeping {target} as a backup",
+            )
+        except SftpFailure:
+            self.restored = "the previous content was not touched"
+            raise
+
     def put_back(self, backup: str, target: str) -> None:
-        """Rename the backup back into place after a failed replace (records a failure)."""
+        """Rename the backup back into place after a failed replace (`restored` says how it
+        went)."""
         try:
             ok = self.s.run([f"rename {quote(backup)} {quote(target)}"], timeout=_SHORT).rc == 0
         except SshFailure:
             ok = False
-        if not ok:
-            self.restored = (
+        self.restored = (
+            "the previous content was restored"
+            if ok
+            else (
                 f"RESTORE FAILED: the previous content is kept as {backup} on the device;"
                 f" rename it to {target} by hand"
             )
+        )
 
     def mkdirs(self, folder: str) -> list[str]:
         """``-mkdir`` for each level of `folder` below root (errors ignored: mkdir -p)."""
@@ -293,31 +337,29 @@ class _Run:
         size = placement.source.stat().st_size
         self.log.progress(0, size)
         try:
-            self.s.must(
+            self.upload(
                 [
                     *self.mkdirs(dest),
                     f"put {quote(str(placement.source))} {quote(tmp)}",
                     f"chmod {mode} {quote(tmp)}",
                 ],
-                timeout=self.timeout,
                 what=f"uploading {tmp}",
+                cleanup=[f"-rm {quote(tmp)}"],
+                temporary=tmp,
             )
             self.log.progress(size, size)
-            if exists:
-                self.s.must(
-                    [f"rename {quote(target)} {quote(backup)}"],
-                    timeout=_SHORT,
-                    what=f"keeping {target} as a backup",
-                )
+            self.replacing(target, backup, tmp, exists=exists)
             try:
                 self.s.must(
                     [f"rename {quote(tmp)} {quote(target)}"],
                     timeout=_SHORT,
                     what=f"replacing {target}",
                 )
-            except (SftpFailure, SshFailure):
+            except (SftpFailure, SshFailure) as e:
                 if exists:
                     self.put_back(backup, target)
+                elif isinstance(e, SftpFailure):
+                    self.restored = "nothing was placed"
                 raise
         except SftpFailure as e:
             self.s.run([f"-rm {quote(tmp)}"], timeout=_SHORT)
@@ -352,21 +394,23 @@ class _Run:
         try:
             size = sum(local.stat().st_size for _, local, _ in tree.files)
             self.log.progress(0, size)
-            self.s.must(lines, timeout=self.timeout, what=f"uploading the tree to {tmp}")
+            self.upload(
+                lines,
+                what=f"uploading the tree to {tmp}",
+                cleanup=self.remove_tree(tree, tmp),
+                temporary=tmp,
+            )
             self.log.progress(size, size)
-            if exists:
-                self.s.must(
-                    [f"rename {quote(dest)} {quote(backup)}"],
-                    timeout=_SHORT,
-                    what=f"keeping {dest} as a backup",
-                )
+            self.replacing(dest, backup, tmp, exists=exists)
             try:
                 self.s.must(
                     [f"rename {quote(tmp)} {quote(dest)}"], timeout=_SHORT, what=f"replacing {dest}"
                 )
-            except (SftpFailure, SshFailure):
+            except (SftpFailure, SshFailure) as e:
                 if exists:
                     self.put_back(backup, dest)
+                elif isinstance(e, SftpFailure):
+                    self.restored = "nothing was placed"
                 raise
         except SftpFailure as e:
             self.s.run(self.remove_tree(tree, tmp), timeout=self.timeout)
@@ -387,6 +431,25 @@ class _Run:
                 self.rmtree(backup)
 
         return self.check_and_commit(undo, drop, after_undo)
+
+    def upload(self, lines: list[str], *, what: str, cleanup: list[str], temporary: str) -> None:
+        """Run the upload batch `lines` (it writes only to the temporary name `temporary`). When
+        the connection is lost, try once to remove what was uploaded, then re-raise.
+
+        Raises:
+            SftpFailure: a command of the batch failed.
+            SshFailure: the connection was lost (`left_behind` says what may remain).
+        """
+        try:
+            self.s.must(lines, timeout=self.timeout, what=what)
+        except SshFailure:
+            try:
+                self.s.run(cleanup, timeout=self.timeout)
+            except SshFailure:
+                self.left_behind = (
+                    f"A partial upload may remain on the device as {temporary}; remove it."
+                )
+            raise
 
     def remove_tree(self, tree: _Tree, top: str) -> list[str]:
         """Batch lines that remove a tree this run uploaded (its content is known)."""

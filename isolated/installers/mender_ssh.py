@@ -15,7 +15,8 @@ Implements issue 6 step 3 with the client's real behaviour
    gotcha 6). Already running the artifact: ``already-installed``, nothing sent.
 3. Send: ``mender install --reboot-exit-code /dev/stdin`` fed from the bundle's stream (no copy on
    the laptop; the last `HOLD_BACK` bytes wait for the stream's sha256 re-check), or
-   ``transfer = "tempfile"``: copy to the device, compare ``sha256sum``, install from the file.
+   ``transfer = "tempfile"``: copy into a new private folder on the device while ``sha256sum``
+   hashes the same stream there (one pass), compare, install from the copy, remove it.
 4. Exit 4 (the payload needs a reboot): run ``reboot_command``, wait until the device answers
    with a new boot id, continue. Then ``check_command`` (if set), then ``mender commit``; on any
    failure ``mender rollback``. Read ``show-artifact``, ``show-provides`` and the inventory.
@@ -23,8 +24,10 @@ Implements issue 6 step 3 with the client's real behaviour
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import secrets
 import shlex
 import shutil
 import tempfile
@@ -63,6 +66,31 @@ done
 echo @@gapferry:boot_id; cat /proc/sys/kernel/random/boot_id 2>/dev/null; echo
 echo @@gapferry:end
 """
+
+#: Waits (at most ~60 s) until no ``mender ... install`` runs on the device: after a lost
+#: connection the install may still be reading what was sent, or cleaning up; the probe must see
+#: the state it ends in. ("mender" is assembled at run time so the script never matches itself.)
+_WAIT_NO_INSTALL = r"""
+m=mend; m="${m}er"; n=0
+while [ $n -lt 300 ]; do
+  busy=
+  for p in /proc/[0-9]*; do
+    case "$(tr '\000' ' ' < "$p/cmdline" 2>/dev/null)" in
+      *"$m "*" install "*) busy=1; break ;;
+    esac
+  done
+  [ -z "$busy" ] && exit 0
+  sleep 0.2; n=$((n + 1))
+done
+exit 1
+"""
+
+#: Run before ``mender install``: SIGPIPE ignored, inherited by the client (a Go program started
+#: with SIGPIPE ignored gets EPIPE errors instead of dying). When the connection drops, the
+#: client is not killed by its next log line in the middle of a state: it runs to its own end
+#: (input ended early: a failed download; input complete: an installed, pending update that
+#: `_Run.lost` then rolls back once `_WAIT_NO_INSTALL` has seen it finish).
+_KEEP_ON_HANGUP = "trap '' PIPE; exec "
 
 _INVENTORY = f"""
 echo @@gapferry:scripts
@@ -201,6 +229,21 @@ def parse_inventory(text: str, *, max_attributes: int, max_value: int) -> list[I
     return attrs
 
 
+#: Marks the lines of gapferry's own output in a device command's stdout.
+_MARK = "@@gapferry:"
+
+
+def _parse_copy(stdout: str) -> tuple[str | None, str | None]:
+    """tee's exit code and the sha256 from the tempfile copy's output (either may be None)."""
+    tee_rc = digest = None
+    for line in stdout.splitlines():
+        if line.startswith(f"{_MARK}tee "):
+            tee_rc = line[len(_MARK) + 4 :].strip()
+        elif re.fullmatch(r"[0-9a-f]{64}\s+-?\s*", line):
+            digest = line.split()[0]
+    return tee_rc, digest
+
+
 def _tail(text: str, lines: int = 8) -> str:
     kept = [ln for ln in text.splitlines() if ln.strip()]
     return " | ".join(kept[-lines:])
@@ -276,6 +319,26 @@ class _Run:
         name = "\n".join(_sections(text).get("artifact", [])).strip() or None
         return attrs, name
 
+    def roll_back_own(self) -> DeviceState:
+        """Roll back our own interrupted install and look again. ``mender rollback`` exit 2 means
+        the client has nothing pending: the work folder the probe saw was left by an install
+        that failed while downloading (3.4 leaves it when its input ends early), and a new
+        install replaces it; it is then not counted as pending.
+
+        Raises:
+            SshFailure: the device could not be reached.
+        """
+        r = self.mender("rollback")
+        state = self.probe()
+        if r.rc == 2 and state.pending:
+            self.log.log(
+                "info",
+                "the client has no update pending; the work folder is left from an interrupted"
+                " download and the next install replaces it",
+            )
+            return dataclasses.replace(state, pending=())
+        return state
+
     def skipped(self, reason: str, code: str) -> DeviceReport:
         return self.finish("skipped", reason, retry=True, code=code)
 
@@ -299,13 +362,14 @@ class _Run:
                         f"an interrupted earlier run left {self.name!r} uncommitted: rolling back",
                     )
                     job.mark_started()
-                    self.mender("rollback")
-                    state = self.probe()
+                    state = self.roll_back_own()
                 if state.pending:
                     return self.skipped(
                         f"an update ({', '.join(state.pending)}) is installed but not committed on"
                         " the device; gapferry does not overwrite it. On the device, run `mender"
-                        " commit` or `mender rollback`, then run the same bundle again",
+                        " commit` or `mender rollback`, then run the same bundle again (if both"
+                        " say there is nothing to commit, an install failed while downloading and"
+                        f" left {DATA_DIR}/modules/v3/payloads/0000/tree: remove that folder)",
                         "busy",
                     )
             return self.install(state)
@@ -322,10 +386,12 @@ class _Run:
         self.log.log("error", e.message)
         self.ssh.drop_connection()
         try:
+            if self.ssh.run(_WAIT_NO_INSTALL, timeout=120).rc != 0:
+                self.log.log("warning", "a `mender install` still runs on the device after 60 s")
             state = self.probe()
             if state.pending:
                 self.log.log("warning", "rolling back the interrupted update")
-                self.mender("rollback")
+                state = self.roll_back_own()
             attrs, after = self.inventory()
         except SshFailure as again:
             return self.skipped(
@@ -405,6 +471,15 @@ class _Run:
                 code="transfer-mismatch",
                 artifact_name_after=state.artifact_name,
             )
+        if isinstance(r, str):
+            return self.finish(
+                "skipped",
+                f"{r}; nothing was installed. Free space or fix tempdir in the devices file,"
+                " then run the same bundle again",
+                retry=True,
+                code="copy-failed",
+                artifact_name_after=state.artifact_name,
+            )
         self.log.step("installing")
         if r.rc not in (0, 4):
             reason = f"mender install failed: {_client_error(r)}"
@@ -434,13 +509,13 @@ class _Run:
             )
         return self.finish("success", inventory=attrs, artifact_name_after=after)
 
-    def send(self) -> Remote | None:
+    def send(self) -> Remote | str | None:
         job = self.job
         install = [*_MENDER, "install", "--reboot-exit-code"]
         if job.target.transfer == "stdin":
             with job.open_artifact() as src:
                 r = self.ssh.stream(
-                    shlex.join([*install, "/dev/stdin"]),
+                    _KEEP_ON_HANGUP + shlex.join([*install, "/dev/stdin"]),
                     src,
                     total=job.artifact.size,
                     timeout=self.timeout,
@@ -451,35 +526,52 @@ class _Run:
                 if text:
                     self.log.log("debug", text)
             return r
-        tmp = f"{job.target.tempdir.rstrip('/')}/gapferry-{job.artifact.sha256[:16]}.mender"
-        q = shlex.quote(tmp)
+        return self.send_tempfile(install)
+
+    def send_tempfile(self, install: list[str]) -> Remote | str | None:
+        """``transfer = "tempfile"``: copy into a new private folder (``mkdir -m 700``, a random
+        name under ``tempdir``: nothing can be planted there beforehand), hashing on the device
+        while writing (``tee`` into ``sha256sum``: the copy is not read a second time before the
+        install reads it), compare with the artifact's sha256, install from the copy, remove the
+        folder. Returns the install's result, a problem (str) when the copy could not be made,
+        or None when the sha256 the device computed differs."""
+        job = self.job
+        folder = f"{job.target.tempdir.rstrip('/')}/gapferry.{secrets.token_hex(8)}"
+        path = f"{folder}/artifact.mender"
+        qf, qp = shlex.quote(folder), shlex.quote(path)
+        # tee's own exit code goes to the outer stdout (fd 3), around sha256sum: a failed write
+        # (disk full) is seen although the stream's hash would match.
+        copy = (
+            f"umask 077 && mkdir -m 700 {qf} &&"
+            f' {{ {{ tee {qp}; echo "{_MARK}tee $?" >&3; }} | sha256sum; }} 3>&1'
+        )
         try:
             with job.open_artifact() as src:
                 up = self.ssh.stream(
-                    f"umask 077 && cat > {q}",
+                    copy,
                     src,
                     total=job.artifact.size,
                     timeout=self.timeout,
                     progress=self.log.progress,
                 )
-            if up.rc != 0:
-                self.log.log("error", f"copy to {tmp} failed: {_tail(up.err)}")
-                return None
-            h = self.ssh.run(f"sha256sum {q}", timeout=self.timeout)
-            found = h.text.split()[0] if h.rc == 0 and h.text else ""
+            tee_rc, found = _parse_copy(up.text)
+            if up.rc != 0 or tee_rc != "0":
+                problem = _tail(up.err, 3) or f"exit code {up.rc}"
+                self.log.log("error", f"copy to {path} failed: {problem}")
+                return f"the copy to {path} on the device failed ({problem})"
             if found != job.artifact.sha256:
-                self.log.log("error", f"sha256 of {tmp} on the device: {found or '?'}")
+                self.log.log("error", f"sha256 of {path} on the device: {found or '?'}")
                 return None
-            r = self.ssh.run_argv([*install, tmp], timeout=self.timeout)
-            self.log.log("info", f"$ mender install {tmp} -> exit {r.rc}")
+            r = self.ssh.run(_KEEP_ON_HANGUP + shlex.join([*install, path]), timeout=self.timeout)
+            self.log.log("info", f"$ mender install {path} -> exit {r.rc}")
             if r.err:
                 self.log.log("debug", r.err)
             return r
         finally:
             try:
-                self.ssh.run(f"rm -f {q}")
+                self.ssh.run_argv(["rm", "-rf", "--", folder])
             except SshFailure as e:
-                self.log.log("warning", f"could not remove {tmp}: {e.message}")
+                self.log.log("warning", f"could not remove {folder}: {e.message}")
 
     def reboot(self, old_boot_id: str) -> str | None:
         """Reboot and wait for a new boot id. Returns a problem, or None when back."""

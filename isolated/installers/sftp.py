@@ -4,7 +4,8 @@ The same OpenSSH options as `gapferry.isolated.installers.ssh` (`ssh_options`: s
 checking, BatchMode, one ControlMaster connection per device). Each batch is one ``sftp``
 process; ``sftp -b`` stops at the first failing command (exit 1) unless the command starts with
 ``-``. sftp exits 255 when ssh itself failed: that becomes `SshFailure` with the same codes as
-the SSH installer (``host-key``, ``auth``, ``unreachable``, ``connection-lost``).
+the SSH installer (``host-key``, ``auth``, ``unreachable``, ``connection-lost``); sftp killed by a
+signal (SIGPIPE: the connection died under an upload) is ``connection-lost`` too.
 
 Paths are double-quoted (`quote`): sftp then takes glob characters literally. Names with control
 characters (a newline would end a batch command) are refused by `check_name`.
@@ -87,7 +88,8 @@ class SftpSession:
         """Run `lines` as one ``sftp -b -`` batch.
 
         Raises:
-            SshFailure: ssh failed (exit 255), or the batch ran past `timeout`.
+            SshFailure: ssh failed (exit 255), sftp was killed by a signal (the connection died),
+                or the batch ran past `timeout`.
             SftpFailure: the output was larger than `OUTPUT_MAX`.
         """
         script = ("\n".join(lines) + "\n").encode()
@@ -122,6 +124,14 @@ class SftpSession:
             last = stderr.splitlines()[-1] if stderr else "sftp exited 255"
             raise SshFailure(
                 f"{self.name}: sftp to {self.target.host}: {last}", remedy=remedy, code=code
+            )
+        if p.returncode < 0:
+            # sftp was killed by a signal: SIGPIPE when its ssh connection died under a write.
+            raise SshFailure(
+                f"{self.name}: sftp to {self.target.host}: the connection was lost"
+                f" (sftp ended by signal {-p.returncode})",
+                remedy="check the cable and the device, then run the same bundle again",
+                code="connection-lost",
             )
         return Batch(rc=p.returncode, stdout=stdout, stderr=stderr)
 

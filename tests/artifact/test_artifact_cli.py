@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from gapferry.common.cli import main
-from gapferry.fixtures.artifacts import KeyPair, mender_artifact_validate
+from gapferry.fixtures.artifacts import (
+    KeyPair,
+    Member,
+    mender_artifact_validate,
+    mender_artifact_write,
+    single_file_payload,
+    tamper,
+)
 
 
 def _write(tmp: Path, key: KeyPair | None, *extra: str) -> Path:
@@ -81,3 +90,56 @@ def test_artifact_cli_inspect_refuses_fifo(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["artifact", "inspect", str(fifo)])
     assert r.exit_code == 2
     assert "not a regular file" in r.output
+
+
+@pytest.mark.real_tools
+def test_artifact_cli_inspect_as_a_user_runs_it(
+    tmp_path: Path, rsa_key: KeyPair, other_rsa_key: KeyPair
+) -> None:
+    """The installed `gapferry` on an artifact the real mender-artifact signed: verified with
+    the right key; a same-type wrong key and a tampered copy exit 1 with their own codes."""
+    files = single_file_payload(
+        tmp_path / "sf", dest_dir="/etc/app", filename="app.conf", content=b"x=1\n"
+    )
+    art = mender_artifact_write(
+        tmp_path / "app.mender",
+        name="app-2",
+        payload_type="single-file",
+        files=files,
+        device_types=["plc", "hmi"],
+        compression="none",
+        key=rsa_key,
+    )
+    gapferry = str(Path(sys.executable).parent / "gapferry")
+
+    def inspect(path: Path, key: KeyPair, *extra: str) -> subprocess.CompletedProcess[str]:
+        args = [gapferry, "artifact", "inspect", str(path), "--verify-key", str(key.public)]
+        return subprocess.run(
+            [*args, *extra], capture_output=True, text=True, timeout=60, check=False
+        )
+
+    r = inspect(art, rsa_key)
+    assert r.returncode == 0, r.stderr
+    assert "name:         app-2" in r.stdout
+    assert "device types: plc, hmi" in r.stdout
+    assert "signature:    signed and verified (rsa-3072)" in r.stdout
+    assert "payload 0: type single-file" in r.stdout
+    assert "  artifact_name = app-2" in r.stdout
+    assert "  device_type = plc, hmi" in r.stdout
+    assert "app.conf  4 bytes" in r.stdout
+
+    r = inspect(art, other_rsa_key, "--json")
+    assert r.returncode == 1
+    assert json.loads(r.stdout)["error"]["code"] == "artifact-bad-signature"
+
+    def flip(ms: list[Member]) -> list[Member]:
+        data = next(m for m in ms if m.name == "data/0000.tar")
+        data.data = data.data.replace(b"x=1\n", b"x=2\n")
+        return ms
+
+    bad = tamper(art, tmp_path / "bad.mender", flip)
+    r = inspect(bad, rsa_key, "--json")
+    assert r.returncode == 1
+    error = json.loads(r.stdout)["error"]
+    assert error["code"] == "artifact-checksum"
+    assert "data/0000/app.conf" in error["message"]

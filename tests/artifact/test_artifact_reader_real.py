@@ -88,17 +88,22 @@ def test_artifact_reads_mender_single_file(
         assert info.manifest_sha256 == hashlib.sha256(m.read()).hexdigest()
 
 
-def test_artifact_reads_mender_directory_and_script(tmp_path: Path, rsa_key: KeyPair) -> None:
+@pytest.mark.parametrize("keyname", ["rsa_key", "ec_key"])
+def test_artifact_reads_mender_directory_and_script(
+    tmp_path: Path, keyname: str, request: pytest.FixtureRequest
+) -> None:
+    key: KeyPair = request.getfixturevalue(keyname)
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)
     (tree / "sub" / "a.txt").write_text("a")
     files = directory_payload(tmp_path / "dir", dest_dir="/opt/tree", tree=tree)
     d = mender_artifact_write(
-        tmp_path / "d.mender", name="dir-v1", payload_type="directory", files=files, key=rsa_key
+        tmp_path / "d.mender", name="dir-v1", payload_type="directory", files=files, key=key
     )
-    info = read_artifact_file(d, verify_key=rsa_key.public_pem())
+    info = read_artifact_file(d, verify_key=key.public_pem())
     assert info.payloads[0].type == "directory"
     assert [f.name for f in info.payloads[0].files] == ["update.tar", "dest_dir"]
+    assert {f.name: f.sha256 for f in info.payloads[0].files} == {p.name: _sha(p) for p in files}
     assert info.signature_verified
 
     script = tmp_path / "run.sh"
@@ -131,11 +136,24 @@ def test_artifact_reads_mender_directory_and_script(tmp_path: Path, rsa_key: Key
     assert not info.signed
     assert not info.signature_verified
     assert info.state_scripts == ("ArtifactInstall_Enter_00",)
+    assert info.payloads[0].type == "script"
+    assert [(f.name, f.sha256) for f in info.payloads[0].files] == [("run.sh", _sha(script))]
     assert info.payloads[0].meta_data == {"answer": 42, "list": ["a", 1]}
     assert info.provides["myapp.version"] == "1.2.3"
     assert info.provides["artifact_group"] == "groupA"
     assert info.depends["myapp.channel"] == "stable"
     assert info.depends["artifact_name"] == ["base-1"]
+    signed = mender_artifact_write(
+        tmp_path / "s-signed.mender",
+        name="script-v2",
+        payload_type="script",
+        files=[script],
+        key=key,
+        extra_args=["-s", str(state)],
+    )
+    info = read_artifact_file(signed, verify_key=key.public_pem())
+    assert info.signature_verified
+    assert info.state_scripts == ("ArtifactInstall_Enter_00",)
 
 
 @pytest.mark.parametrize("compression", ["none", "gzip", "lzma"])

@@ -110,6 +110,20 @@ def test_artifact_tampered_header_bytes(tmp_path: Path, rsa_key: KeyPair) -> Non
         read_artifact_file(bad, verify_key=rsa_key.public_pem())
     assert "invalid checksum" in _refused_by_mender(bad, rsa_key)
 
+    # the attack that matters: a different device type in header-info, same length, unsigned
+    plain = _art(tmp_path, rsa_key, "none")
+
+    def retarget(ms: list[Member]) -> list[Member]:
+        h = _get(ms, "header.tar")
+        assert h.data.count(b"test-device") == 1
+        h.data = h.data.replace(b"test-device", b"evil-device")
+        return ms
+
+    bad = tamper(plain, tmp_path / "retargeted.mender", retarget)
+    with pytest.raises(ArtifactChecksumError, match=r"header\.tar: invalid checksum"):
+        read_artifact_file(bad, verify_key=rsa_key.public_pem())
+    assert "invalid checksum" in _refused_by_mender(bad, rsa_key)
+
 
 def test_artifact_manifest_without_final_newline(tmp_path: Path, rsa_key: KeyPair) -> None:
     good = _art(tmp_path, rsa_key)

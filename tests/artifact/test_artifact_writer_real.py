@@ -9,6 +9,7 @@ import stat
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gapferry.common.artifact.compat import check_compatible
@@ -55,6 +56,35 @@ def test_artifact_gapferry_written_validates(
     ok, text = mender_artifact_validate(art, key)
     assert ok, text
     assert "validated successfully" in text
+
+
+@pytest.mark.parametrize("keyname", ["rsa_key", "ec_key"])
+def test_artifact_gapferry_directory_and_script_validate(
+    tmp_path: Path, keyname: str, request: pytest.FixtureRequest
+) -> None:
+    key: KeyPair = request.getfixturevalue(keyname)
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "a.txt").write_text("a")
+    d = gapferry_write(
+        tmp_path / "d.mender",
+        name="gd-1",
+        payload_type="directory",
+        files=directory_payload(tmp_path / "pl", dest_dir="/srv/www", tree=tree),
+        compression="lzma",
+        key=key,
+    )
+    s = gapferry_write(
+        tmp_path / "s.mender",
+        name="gs-1",
+        payload_type="script",
+        files=[PayloadSource(name="run.sh", data=b"#!/bin/sh\ntrue\n")],
+        compression="none",
+        key=key,
+    )
+    for art in (d, s):
+        ok, text = mender_artifact_validate(art, key)
+        assert ok, text
 
 
 def test_artifact_gapferry_unsigned_validates_without_key(tmp_path: Path, rsa_key: KeyPair) -> None:
@@ -246,3 +276,59 @@ def test_artifact_gapferry_script_with_state_scripts_runs(tmp_path: Path, rsa_ke
     assert marker.read_text() == "ok\n"
     assert state_marker.read_text() == "ok\n"
     assert root.show_artifact() == "script-1"  # no rollback support: committed at once
+
+
+def test_artifact_compat_provides_and_groups_match_mender_client(tmp_path: Path) -> None:
+    """Depends on type-info provides and on artifact_group, met and unmet: gapferry's check and
+    the real client agree, with the client's wording (artifact-and-client.md 2, 3.2)."""
+    root = make_root(tmp_path, artifact_name="factory-image")
+
+    def script(name: str, **kw: Any) -> Path:
+        return gapferry_write(
+            tmp_path / f"{name}.mender",
+            name=name,
+            payload_type="script",
+            files=[PayloadSource(name="run.sh", data=b"#!/bin/sh\ntrue\n")],
+            **kw,
+        )
+
+    _ok(
+        root.run(["install", str(script("base-1", provides={"ch": "stable"}, artifact_group="g1"))])
+    )
+    provides = root.show_provides()
+    assert provides == {"artifact_group": "g1", "artifact_name": "base-1", "ch": "stable"}
+    unmet = [
+        (
+            script("beta-1", depends={"ch": "beta"}),
+            'Artifact dependency "ch" not satisfied by currently installed artifact'
+            " (beta != stable).",
+        ),
+        (
+            script("grp-1", depends_groups=["g2"]),
+            'Artifact dependency "artifact_group" not satisfied by currently installed artifact'
+            " ([g2] != g1).",
+        ),
+    ]
+    for art, text in unmet:
+        p = root.run(["install", str(art)])
+        assert p.returncode == 1
+        assert text in p.stderr.replace('\\"', '"')
+        with pytest.raises(ArtifactIncompatible) as e:
+            check_compatible(
+                read_artifact_file(art),
+                device_type="test-device",
+                artifact_name="base-1",
+                provides=provides,
+            )
+        assert text in e.value.message
+    met = script(
+        "ok-1", depends={"ch": "stable"}, depends_groups=["g1"], depends_artifact_names=["base-1"]
+    )
+    check_compatible(
+        read_artifact_file(met),
+        device_type="test-device",
+        artifact_name="base-1",
+        provides=provides,
+    )
+    _ok(root.run(["install", str(met)]))
+    assert root.show_artifact() == "ok-1"

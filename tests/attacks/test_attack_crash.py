@@ -1,7 +1,7 @@
 """Crash consistency in CI: a small seeded sample of `bench/crash.py`'s trials (issue 10).
 
 Each trial kills the real `gapferry pack`, `apply` or `ingest` subprocess with SIGKILL at a
-seeded random point, judges what it left on the medium (refused or complete, never a
+seeded random point (a random time, or a random number of visible effects plus jitter), judges what it left on the medium (refused or complete, never a
 half-written bundle accepted), runs the command again (it must complete), and checks that every
 status reached the Mender stand-in exactly once, in order (strict mode). The benchmark runs the
 same code with 100+ trials: ``.venv/bin/python bench/crash.py --trials 100``.
@@ -50,6 +50,14 @@ def test_attack_kill_minus_9_at_random_points_then_rerun(command: str, tmp_path:
                 verdict,
             )
     assert any(t.killed for t in trials), "every sampled kill came after the command finished"
+    # The progress-triggered trial (#1) kills after some effects are visible: mid-work, where a
+    # half-written bundle or a half-reported status would show.
+    assert any(t.after_effects for t in trials), [(t.trigger, t.progress_at_kill) for t in trials]
+    # How far each killed run had got is measured (statuses received, devices updated) and
+    # never exceeds what a full run does: a re-run that reported again would show up here too.
+    for t in trials:
+        assert t.progress_total == (3 if command == "apply" else 6), t
+        assert 0 <= t.progress_at_kill <= t.progress_total, t
 
 
 def test_attack_half_written_result_left_by_a_killed_apply_does_not_fail_ingest(

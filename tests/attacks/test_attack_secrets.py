@@ -21,6 +21,7 @@ import contextlib
 import os
 import re
 import secrets
+import stat
 import subprocess
 import threading
 import time
@@ -186,6 +187,11 @@ def round_trip(tmp_path: Path) -> Iterator[tuple[World, list[tuple[str, bytes]],
         p for p in (world.state / "keys").rglob("*") if p.is_file() and "pub" not in p.name
     ]
     assert len(keyfiles) >= 5  # two device keys at least
+    device_keys = [k for k in keyfiles if (world.state / "keys") in k.parents]
+    assert device_keys
+    for k in device_keys:  # the key store gapferry wrote: owner-only (TEAM.md)
+        assert stat.S_IMODE(k.stat().st_mode) == 0o600, (k, oct(k.stat().st_mode))
+        assert b"ENCRYPTED" in k.read_bytes() or b"aes256-ctr" in k.read_bytes(), k
     for k in keyfiles:
         needles += _key_bodies(k)
     outputs += [(f"cmdline {c[:80]!r}", c) for c in sorted(watcher.seen)]

@@ -85,6 +85,11 @@ def only_row(report: PackReport) -> tuple[str, str]:
     return row.action, row.detail
 
 
+def message_of(detail: str) -> str:
+    """A row's error message without the remedy that may follow it (``; what to do: ...``)."""
+    return detail.split("; what to do: ", 1)[0]
+
+
 def test_attack_server_next_answers_malformed_json(watched: Watched) -> None:
     def hostile(r: httpx.Request, inner: Handler) -> httpx.Response | None:
         if is_next(r):
@@ -95,7 +100,9 @@ def test_attack_server_next_answers_malformed_json(watched: Watched) -> None:
     report = watched.pack()
     action, detail = only_row(report)
     assert action == "error"
-    assert detail == "poll /next for pump-000: unexpected answer: Input data was truncated"
+    assert (
+        message_of(detail) == "poll /next for pump-000: unexpected answer: Input data was truncated"
+    )
     watched.assert_nothing_moved(report)
 
 
@@ -115,7 +122,7 @@ def test_attack_server_next_answers_html_with_200(watched: Watched) -> None:
     report = watched.pack()
     action, detail = only_row(report)
     assert action == "error"
-    assert detail == (
+    assert message_of(detail) == (
         "poll /next for pump-000: unexpected answer: JSON is malformed: invalid character (byte 0)"
     )
     watched.assert_nothing_moved(report)
@@ -131,7 +138,7 @@ def test_attack_server_next_answers_json_of_the_wrong_shape(watched: Watched) ->
     report = watched.pack()
     action, detail = only_row(report)
     assert action == "error"
-    assert detail == (
+    assert message_of(detail) == (
         "poll /next for pump-000: unexpected answer: Expected `str`, got `int` - at `$.id`"
     )
     watched.assert_nothing_moved(report)
@@ -261,8 +268,32 @@ def test_attack_server_download_swapped_for_other_bytes_of_the_same_length(
 
     watched.hostile = hostile
     report = watched.pack()
-    action, _ = only_row(report)
+    action, detail = only_row(report)
     assert action == "error"
+    assert message_of(detail) == "artifact: bad number b'BBBBBBBB' in tar header"
+    watched.assert_nothing_moved(report)
+
+
+def test_attack_server_download_answers_a_captive_portal_page(watched: Watched) -> None:
+    """The storage link answers 200 with an HTML login page instead of the artifact."""
+
+    def hostile(r: httpx.Request, inner: Handler) -> httpx.Response | None:
+        if is_download(r):
+            return httpx.Response(
+                200,
+                content=b"<html><body>Please log in</body></html>",
+                headers={"Content-Type": "text/html"},
+            )
+        return None
+
+    watched.hostile = hostile
+    report = watched.pack()
+    action, detail = only_row(report)
+    assert action == "error"
+    size = (watched.world.tmp / "fw-1.1.mender").stat().st_size
+    assert message_of(detail) == (
+        f"artifact download announces 39 bytes, the server's artifact record says {size}"
+    )
     watched.assert_nothing_moved(report)
 
 

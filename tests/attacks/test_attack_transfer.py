@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gapferry.common.bundle import open_bundle
 from gapferry.common.bundle.canonical import manifest_sha256
 from gapferry.common.bundle.layout import marker_bytes, namespace_for, signature_name
 from gapferry.common.limits import Limits
@@ -493,14 +494,16 @@ def test_attack_compression_bomb_artifact_is_refused_before_placing(scene: Scene
 
 
 def test_attack_huge_check_output_keeps_the_log_bounded(scene: Scene) -> None:
-    """A device (here its check command) that talks endlessly: the result log stays bounded."""
+    """A device (here its check command) that talks endlessly: one 20 MB line and 100,000 short
+    ones. The result log stays within the limits (long lines cut, oldest lines dropped) and keeps
+    the newest output, and the result bundle still verifies."""
     devices = write_devices_file(
         scene.tmp / "chatty.toml",
         {
             DEVICE: {
                 "method": "file",
                 "path": str(scene.root),
-                "check_command": "head -c 20000000 /dev/zero | tr '\\0' 'x'; echo",
+                "check_command": "head -c 20000000 /dev/zero | tr '\\0' 'x'; echo; seq 1 100000",
             }
         },
         verify_key=scene.keys.artifact.public,
@@ -510,13 +513,26 @@ def test_attack_huge_check_output_keeps_the_log_bounded(scene: Scene) -> None:
     assert r.exit_code == 0, r.output[:2000]
     (result,) = scene.media.glob("gapferry/result-*")
     limits = Limits()
-    logs = list((result / "logs").iterdir()) if (result / "logs").exists() else []
+    opened = open_bundle(
+        result,
+        policy=TrustPolicy.from_file(scene.keys.trust),
+        now=datetime.now(UTC) + timedelta(seconds=5),
+        limits=limits,
+    )
     manifest = json.loads((result / "manifest.json").read_bytes())
-    for d in manifest["devices"]:
-        if d.get("log"):
-            assert d["log"]["decompressed_size"] <= limits.log_bytes
-            assert d["log"]["lines"] <= limits.log_lines
-    assert sum(p.stat().st_size for p in logs) <= limits.log_bytes
+    [d] = manifest["devices"]
+    assert d["outcome"] == "success"
+    log = d["log"]
+    assert log is not None
+    assert 0 < log["decompressed_size"] <= limits.log_bytes
+    assert 0 < log["lines"] <= limits.log_lines
+    assert (result / log["path"]).stat().st_size == log["size"]
+    assert sum(p.stat().st_size for p in (result / "logs").iterdir()) <= limits.log_bytes
+    messages = [line.message for line in opened.read_log(DEVICE)]
+    assert len(messages) == log["lines"]
+    assert "100000" in messages  # the newest output is kept, the oldest dropped
+    assert "1" not in messages
+    assert all(len(m.encode()) <= limits.log_line_bytes for m in messages)
 
 
 # --- paths, links, devices -----------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from click.testing import Result
 from gapferry.common.audit.audit import run_audit
+from gapferry.common.audit.custody import append_custody_event, default_custody_actor
 from gapferry.common.audit.render_html import render_html
 from gapferry.common.bundle import (
     Actor,
@@ -134,6 +135,24 @@ def test_report_is_self_contained(world: Any, make_result: Callable[..., Path]) 
     # The verdict comes before the devices, the devices before the evidence.
     assert page.index('class="verdict PASS"') < page.index("<h2>Devices</h2>")
     assert page.index("<h2>Devices</h2>") < page.index("<h2>Evidence</h2>")
+
+
+def test_custody_chain_is_shown_and_a_bad_event_is_not_read(world: Any) -> None:
+    for key, text in ((world.keys.alice, "<b>received</b> at gate 3"), (world.keys.mallory, "x")):
+        append_custody_event(
+            world.transfer,
+            signer=key.signer,
+            event=text,
+            actor=default_custody_actor("guard"),
+            now=datetime.now(tz=UTC),
+        )
+    page = _report_html(world, world.transfer, [])
+    chain = page.split("<h3>Chain of custody</h3>", 1)[1].split("</table>", 1)[0]
+    assert "&lt;b&gt;received&lt;/b&gt; at gate 3" in chain
+    assert "alice@plant-a" in chain
+    assert "not shown: the event did not verify" in chain
+    assert "untrusted-signer" in chain
+    _assert_no_resource_urls(page)
 
 
 def test_cli_writes_html(world: Any, make_result: Callable[..., Path], cli: Cli) -> None:

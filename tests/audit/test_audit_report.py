@@ -279,6 +279,23 @@ def test_certificate_details_are_reported(world: Any, tmp_path: Path, cli: Cli) 
     assert "certificate carol-2026 serial 7" in res.stdout
 
 
+def test_trust_line_validity_window_is_reported(world: Any, tmp_path: Path, cli: Cli) -> None:
+    trust = tmp_path / "allowed_signers"
+    window = 'valid-after="20200101",valid-before="20990101"'
+    trust.write_text(world.keys.alice.allowed_signers_line("alice@plant-a", options=window) + "\n")
+    code, rep = _audit_json(cli, world.transfer, "--trust", trust)
+    assert code == 0, rep["checks"]
+    sig = rep["transfer"]["signatures"][0]
+    assert (sig["valid_after"], sig["valid_before"], sig["matched_line"]) == (
+        "2020-01-01T00:00:00Z",
+        "2099-01-01T00:00:00Z",
+        f"{trust}:1",
+    )
+    out = cli("audit", world.transfer, "--trust", trust).stdout
+    assert "allowed_signers validity 2020-01-01" in out
+    assert f"({trust}:1)" in out
+
+
 def test_media_roots_are_searched(world: Any, make_result: ResultMaker, cli: Cli) -> None:
     make_result(world, media="back")
     stick = world.transfer.parent.parent

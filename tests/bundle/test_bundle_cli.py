@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -194,3 +196,53 @@ def test_failure_after_signatures_still_reports_them(transfer: Path, keys: Bundl
     code, out = run("verify", str(transfer), "--trust", str(keys.allowed_signers))
     assert "#0 trusted: alice@plant-a" in out
     assert "verdict: INVALID (digest-mismatch)" in out
+
+
+def test_trust_line_validity_window_is_reported(
+    transfer: Path, keys: BundleKeys, tmp_path: Path
+) -> None:
+    """The allowed_signers line's valid-after/valid-before, and which line matched, are part of
+    what `verify` says it checked (text and --json)."""
+    trust = tmp_path / "allowed_signers"
+    window = 'valid-after="20200101",valid-before="20990101"'
+    trust.write_text(keys.a.allowed_signers_line("alice@plant-a", options=window) + "\n")
+    code, out = run("verify", str(transfer), "--trust", str(trust))
+    assert code == 0, out
+    assert "allowed_signers validity: 2020-01-01T00:00:00+00:00 .. 2099-01-01T00:00:00+00:00" in out
+    code, out = run("verify", str(transfer), "--trust", str(trust), "--json")
+    sig = json.loads(out)["trust"]["signatures"][0]
+    assert (sig["valid_after"], sig["valid_before"]) == (
+        "2020-01-01T00:00:00+00:00",
+        "2099-01-01T00:00:00+00:00",
+    )
+    assert sig["matched_line"] == f"{trust}:1"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (errno.EIO, "unreadable", "incomplete", 3),
+        (errno.ENOSPC, "no-space", "environment", 4),
+    ],
+)
+def test_os_errors_become_a_documented_verdict(
+    transfer: Path,
+    keys: BundleKeys,
+    monkeypatch: pytest.MonkeyPatch,
+    case: tuple[int, str, str, int],
+) -> None:
+    """A medium that fails to read (or no room to unpack a .tar) is a verdict with a remedy and
+    a documented exit code, never a traceback."""
+    from gapferry.common import verify_cli
+
+    err, code, verdict, exit_code = case
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise OSError(err, os.strerror(err), str(transfer / "manifest.json"))
+
+    monkeypatch.setattr(verify_cli, "open_bundle", failing)
+    status, out = run("verify", str(transfer), "--trust", str(keys.allowed_signers), "--json")
+    doc = json.loads(out)
+    assert (status, doc["verdict"], doc["error"]["code"]) == (exit_code, verdict, code)
+    assert os.strerror(err) in doc["error"]["message"]
+    assert doc["error"]["remedy"]

@@ -147,6 +147,7 @@ def test_transfer_manifest_round_trips(m: TransferManifest) -> None:
 def test_result_manifest_round_trips(m: ResultManifest) -> None:
     raw = encode(m)
     back = msgspec.json.decode(raw, type=ResultManifest)
+    assert back == m
     assert encode(back) == raw
 
 

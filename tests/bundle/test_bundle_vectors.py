@@ -204,6 +204,33 @@ def test_unsupported_version(tmp_path: Path) -> None:
     assert expect("unsupported-version", tmp_path)["error"]["code"] == "unsupported-version"
 
 
+@pytest.mark.parametrize(
+    "name", ["expired", "created-in-future", "unknown-field", "path-escape", "unsupported-version"]
+)
+def test_manifest_refused_after_good_signatures_still_reports_them(
+    name: str, tmp_path: Path
+) -> None:
+    """The verdict names the manifest's defect, and the report still says who signed it."""
+    doc = expect(name, tmp_path)
+    assert doc["trust"]["satisfied"] is True
+    assert [s["principal"] for s in doc["trust"]["signatures"]] == ["packer@vectors"]
+    v = INDEX[name]
+    args = ["verify", str(VECTORS / v["path"]), "--trust", str(VECTORS / v["trust"])]
+    text = CliRunner().invoke(main, args).output
+    assert "#0 trusted: packer@vectors (ssh-ed25519 SHA256:" in text
+    assert "manifest: refused after its signatures were accepted" in text
+    assert f"verdict: INVALID ({v['expect']['code']})" in text
+
+
+def test_trust_failure_is_not_reported_as_accepted_signatures(tmp_path: Path) -> None:
+    doc = expect("untrusted-signer", tmp_path)
+    assert doc["trust"]["satisfied"] is False
+    v = INDEX["untrusted-signer"]
+    args = ["verify", str(VECTORS / v["path"]), "--trust", str(VECTORS / v["trust"])]
+    text = CliRunner().invoke(main, args).output
+    assert "refused after its signatures were accepted" not in text
+
+
 def test_vectors_are_regenerated_bit_for_bit(tmp_path: Path) -> None:
     """Everything is compared, except that result vectors (zstd-compressed logs, whose bytes
     depend on the zstd library version) are compared only under the zstd version that made them."""

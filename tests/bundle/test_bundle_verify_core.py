@@ -3,6 +3,7 @@ exact error out; signatures are checked before anything is decoded."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,9 +12,11 @@ import msgspec
 import pytest
 from gapferry.common.bundle import (
     TransferManifest,
+    VerifiedResult,
     check_not_replayed,
     encode,
     namespace_for,
+    trust_before_failure,
     verify_result_manifest,
     verify_transfer_manifest,
 )
@@ -149,6 +152,19 @@ def test_expired(keys: BundleKeys) -> None:
     assert code_of(keys, transfer_doc(), now=datetime(2026, 7, 1, tzinfo=UTC)) == "expired"
 
 
+def test_error_after_good_signatures_carries_their_verdict(keys: BundleKeys) -> None:
+    with pytest.raises(InvalidData) as expired:
+        verify(keys, transfer_doc(), now=datetime(2026, 7, 1, tzinfo=UTC))
+    trust = trust_before_failure(expired.value)
+    assert trust is not None
+    assert trust.satisfied
+    assert [c.principal for c in trust.checks] == ["alice@plant-a"]
+    with pytest.raises(InvalidData) as below:
+        verify(keys, transfer_doc(), threshold=2)
+    assert below.value.code == "below-threshold"
+    assert trust_before_failure(below.value) is None
+
+
 def test_clock_behind_created_says_clock_is_wrong(keys: BundleKeys) -> None:
     with pytest.raises(InvalidData) as e:
         verify(keys, transfer_doc(), now=datetime(2026, 4, 30, tzinfo=UTC))
@@ -256,14 +272,22 @@ def result_doc(**over: Any) -> dict[str, Any]:
     return doc
 
 
-def verify_result(keys: BundleKeys, doc: dict[str, Any]) -> None:
+def verify_result(
+    keys: BundleKeys, doc: dict[str, Any], *, limits: Limits = DEFAULT_LIMITS
+) -> VerifiedResult:
     raw = raw_of(doc)
     sig = keys.a.signer.sign_sshsig(raw, namespace_for("result"))
-    verify_result_manifest(raw, [sig], policy=keys.policy(), now=NOW, limits=DEFAULT_LIMITS)
+    return verify_result_manifest(raw, [sig], policy=keys.policy(), now=NOW, limits=limits)
 
 
 def test_valid_result_verifies(keys: BundleKeys) -> None:
-    verify_result(keys, result_doc())
+    doc = result_doc()
+    verified = verify_result(keys, doc)
+    assert verified.raw == raw_of(doc)
+    assert verified.manifest_sha256 == hashlib.sha256(raw_of(doc)).hexdigest()
+    assert verified.manifest.receipt.transfer_bundle_id == doc["receipt"]["transfer_bundle_id"]
+    assert [d.outcome for d in verified.manifest.devices] == [d["outcome"] for d in doc["devices"]]
+    assert [c.principal for c in verified.trust.checks] == ["alice@plant-a"]
 
 
 @pytest.mark.parametrize(
@@ -325,3 +349,64 @@ def test_deep_nesting_refused(keys: BundleKeys) -> None:
     with pytest.raises(InvalidData) as e:
         verify_transfer_manifest(raw, [sig], policy=keys.policy(), now=NOW, limits=DEFAULT_LIMITS)
     assert e.value.code == "malformed-manifest"
+
+
+def _second_device(d: dict[str, Any]) -> None:
+    d["devices"].append({**d["devices"][0], "name": "pump-2", "mender_device_id": "d2"})
+
+
+@pytest.mark.parametrize(
+    ("limits", "mutate", "code", "why"),
+    [
+        (Limits(devices=1), _second_device, "inconsistent-manifest", "2 devices, more than"),
+        (Limits(artifacts=0), None, "inconsistent-manifest", "1 artifacts, more than 0"),
+        (Limits(files=0), None, "inconsistent-manifest", "1 files listed, more than"),
+        (Limits(path_depth=1), None, "bad-path", "artifacts/"),
+        (Limits(artifact_bytes=9), None, "inconsistent-manifest", "larger than 9"),
+        (Limits(inventory_attributes=0), None, "inconsistent-manifest", "identity attributes"),
+    ],
+)
+def test_transfer_limits_are_enforced(
+    keys: BundleKeys, limits: Limits, mutate: Any, code: str, why: str
+) -> None:
+    """SPEC 10: each limit a reader enforces on a transfer manifest, at its boundary."""
+    doc = transfer_doc()
+    if mutate is not None:
+        mutate(doc)
+    verify(keys, doc)  # within the default limits
+    with pytest.raises(InvalidData) as e:
+        verify(keys, doc, limits=limits)
+    assert (e.value.code, why in e.value.message) == (code, True), e.value.message
+
+
+def _with_log(d: dict[str, Any]) -> None:
+    path = f"logs/{SHA}.log.zst"
+    d["devices"][0]["log"] = {
+        "path": path,
+        "size": 10,
+        "sha256": SHA,
+        "decompressed_size": 100,
+        "lines": 5,
+    }
+    d["files"] = [{"path": path, "size": 10, "sha256": SHA}]
+
+
+@pytest.mark.parametrize(
+    ("limits", "code", "why"),
+    [
+        (Limits(log_bytes=99), "log-too-large", "log declares 100 bytes"),
+        (Limits(log_lines=4), "log-too-large", "log has 5 lines"),
+        (Limits(status_steps=1), "inconsistent-manifest", "more than 1 steps"),
+        (Limits(inventory_attributes=0), "inconsistent-manifest", "reports more than 0"),
+        (Limits(inventory_value_bytes=1), "inconsistent-manifest", "'ips' is too large"),
+        (Limits(devices=0), "inconsistent-manifest", "1 devices, more than"),
+    ],
+)
+def test_result_limits_are_enforced(keys: BundleKeys, limits: Limits, code: str, why: str) -> None:
+    """SPEC 10: log bytes and lines, steps, inventory and device count in a result manifest."""
+    doc = result_doc()
+    _with_log(doc)
+    verify_result(keys, doc)  # within the default limits
+    with pytest.raises(InvalidData) as e:
+        verify_result(keys, doc, limits=limits)
+    assert (e.value.code, why in e.value.message) == (code, True), e.value.message

@@ -126,3 +126,40 @@ def test_help_imports_no_command_module() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd="/"
     )
     assert out.stdout.strip() == "[]"
+
+
+def _complete(words: str, shell: str = "bash") -> str:
+    """Ask the installed console script for completions, as the shell's hook does."""
+    script = Path(sys.executable).with_name("gapferry")
+    assert script.is_file(), f"{script} is missing: pip install -e . in the venv"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "_GAPFERRY_COMPLETE": f"{shell}_complete",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1)),
+    }
+    out = subprocess.run([script], env=env, capture_output=True, text=True, check=True, timeout=60)
+    return out.stdout
+
+
+def test_shell_completion_script_and_answers() -> None:
+    """`gapferry --help` promises ``eval "$(_GAPFERRY_COMPLETE=bash_source gapferry)"``:
+    the script is emitted, and subcommands (registered lazily), nested commands and options
+    complete."""
+    helptext = CliRunner().invoke(main, ["--help"]).output
+    assert 'eval "$(_GAPFERRY_COMPLETE=bash_source gapferry)"' in helptext
+    script = Path(sys.executable).with_name("gapferry")
+    source = subprocess.run(
+        [script],
+        env={"PATH": "/usr/bin:/bin", "_GAPFERRY_COMPLETE": "bash_source"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert "complete -o nosort -F _gapferry_completion gapferry" in source
+    assert _complete("gapferry ver").splitlines() == ["plain,verify"]
+    commands = {line.split(",", 1)[1] for line in _complete("gapferry ").splitlines()}
+    assert {"apply", "audit", "cosign", "custody", "ingest", "pack", "verify"} <= commands
+    assert _complete("gapferry custody ").splitlines() == ["plain,add", "plain,show"]
+    assert "plain,--threshold" in _complete("gapferry verify --t").splitlines()

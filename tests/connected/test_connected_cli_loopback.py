@@ -78,6 +78,10 @@ def test_operator_round_trip_over_loopback(served: tuple[World, dict[str, str]])
     assert isinstance(rows, list)
     assert rows[0]["state"] == "travelling"
     assert rows[0]["server"] == "installing"
+    # --site takes the site file here too, as in every other connected command.
+    by_file = _json(env, "status", "--site", site, "--offline")["results"]
+    assert isinstance(by_file, list)
+    assert [r["device"] for r in by_file] == [r["device"] for r in rows]
     table = _run(env, "status")
     assert "travelling" in table.output
     assert "DEVICE" in table.output
@@ -204,5 +208,8 @@ def test_pack_without_server_url_is_a_usage_error(world: World, tmp_path: Path) 
         ],
         env=env,
     )
-    assert r.exit_code != 0
-    assert "MENDER_SERVER_URL" in r.output
+    assert r.exit_code == 2, r.output  # once, before any device is touched
+    err = json.loads(r.output)["error"]
+    assert err["code"] == "no-server-url"
+    assert err["remedy"].startswith("export MENDER_SERVER_URL=")
+    assert not (world.state / "keys").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -40,6 +41,11 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def _zone_names(text: str) -> set[str]:
+    """The isolated zones a demo run named in its output (other runs may be going on meanwhile)."""
+    return set(re.findall(r"\bgf-iso-[0-9a-f]{8}\b", text))
+
+
 def _summary(p: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert p.returncode == 0, f"rc {p.returncode}\n{p.stdout}\n{p.stderr}"
     data: dict[str, Any] = json.loads(p.stdout)
@@ -47,7 +53,6 @@ def _summary(p: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 
 def test_e2e_demo_twice_in_the_default_folder(tmp_path: Path) -> None:
-    zones_before = set(list_zone_names())
     run1 = _demo("--json", cwd=tmp_path)
     first = _summary(run1)
     # Progress goes to stderr with --json, in numbered steps; stdout is one JSON document.
@@ -63,6 +68,8 @@ def test_e2e_demo_twice_in_the_default_folder(tmp_path: Path) -> None:
         assert d["deployment_status"] == "success"
         assert d["artifact_name"] == "demo-app-1.1"
     assert first["artifact"]["made_by"] == "mender-artifact"
+    assert first["server"]["deployment_status"] == "finished"
+    assert first["server"]["ssh_device_reports"] == "demo-app-1.1"
     assert Path(first["bundles"]["transfer"]).is_dir()
     assert Path(first["bundles"]["result"]).is_dir()
     assert (workdir / "devices" / "file-1" / "opt" / "demo-app" / "demo-app.conf").is_file()
@@ -73,12 +80,17 @@ def test_e2e_demo_twice_in_the_default_folder(tmp_path: Path) -> None:
     assert Path(first["audit"]["path"]).read_text().startswith("AUDIT PASS")
     assert Path(first["audit"]["html"]).is_file()
 
-    second = _summary(_demo("--json", cwd=tmp_path))
+    run2 = _demo("--json", cwd=tmp_path)
+    second = _summary(run2)
     assert second["ok"] is True
     assert second["bundles"]["transfer"] != first["bundles"]["transfer"]
     assert not Path(first["bundles"]["transfer"]).exists()
 
-    assert set(list_zone_names()) == zones_before
+    # Each run made its own isolated zone and deleted it (other demos may run meanwhile, so only
+    # the zones these runs named are checked).
+    zones = _zone_names(run1.stderr) | _zone_names(run2.stderr)
+    assert len(zones) == 2, run1.stderr + run2.stderr
+    assert zones.isdisjoint(list_zone_names())
     assert _processes_mentioning(str(workdir)) == []
 
 
@@ -123,8 +135,18 @@ def test_e2e_demo_without_namespaces_says_what_it_skipped(
     assert _processes_mentioning(str(tmp_path / "w")) == []
 
 
-def test_e2e_demo_interrupted_leaves_nothing_running(tmp_path: Path) -> None:
-    zones_before = set(list_zone_names())
+@pytest.mark.parametrize(
+    ("sig", "code", "message"),
+    [
+        (signal.SIGINT, 130, "interrupted; everything the demo started has stopped"),
+        (signal.SIGTERM, 143, "stopped by SIGTERM; everything the demo started has stopped"),
+        (signal.SIGHUP, 129, "stopped by SIGHUP; everything the demo started has stopped"),
+    ],
+)
+def test_e2e_demo_interrupted_leaves_nothing_running(
+    tmp_path: Path, sig: signal.Signals, code: int, message: str
+) -> None:
+    """Ctrl-C, `kill` and a closed terminal all stop the device's sshd and the namespace."""
     workdir = tmp_path / "w"
     proc = subprocess.Popen(
         gapferry_argv("demo", "--workdir", str(workdir)),
@@ -141,10 +163,12 @@ def test_e2e_demo_interrupted_leaves_nothing_running(tmp_path: Path) -> None:
             break
     # The stand-in, the isolated zone and the device's sshd are all up by now.
     assert any("real sshd + mender client" in line for line in seen), seen
+    (zone,) = _zone_names("".join(seen))
+    assert zone in list_zone_names()
     assert _processes_mentioning(str(workdir))
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, out + err
-    assert "interrupted; everything the demo started has stopped" in err
-    assert set(list_zone_names()) == zones_before
+    assert proc.returncode == code, out + err
+    assert message in err
+    assert zone not in list_zone_names()
     assert _processes_mentioning(str(workdir)) == []

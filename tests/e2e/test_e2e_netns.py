@@ -36,12 +36,6 @@ _SERVE = (
 )
 
 
-_SERVE = (
-    "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); "
-    "s.listen(1); print('up', flush=True); time.sleep(60)"
-)
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

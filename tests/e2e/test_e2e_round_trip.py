@@ -57,6 +57,12 @@ def _artifact(tmp: Path, name: str, *, dest_dir: Path, content: bytes) -> Path:
     )
 
 
+def _deployment_status(gap: AirGap, dep_id: str) -> str:
+    """The deployment's own status on the stand-in (``finished`` once every device reported)."""
+    (dep,) = [d for d in gap.sim.deployments() if d.get("id") == dep_id]
+    return str(dep.get("status"))
+
+
 def _no_secrets_in_argv(gap: AirGap) -> None:
     token = gap.sim.management_token
     for _zone, argv, _rc in gap.history:
@@ -224,6 +230,7 @@ def test_e2e_round_trip(gap: AirGap, tmp_path: Path) -> None:
             assert rec["status"] == "success", name
             inv = gap.sim.inventory(dev_id) or {}
             assert inv.get("inventory/artifact_name") == "app-v1", (name, inv)
+        assert _deployment_status(gap, dep1) == "finished"
 
         # Cycle 2: an artifact whose install fails on the SSH device; mender rolls back.
         bad = tmp_path / "payload-bad"
@@ -244,6 +251,7 @@ def test_e2e_round_trip(gap: AirGap, tmp_path: Path) -> None:
         assert (opt / "app" / "app.conf").read_bytes() == b"v1\n"
         (rec,) = gap.sim.deployment_records(deployment_id=dep2, device_id=dev_ids["ssh-1"])
         assert rec["status"] == "failure"
+        assert _deployment_status(gap, dep2) == "finished"
         log = gap.sim.logs(dep2, dev_ids["ssh-1"]) or []
         text = "\n".join(str(m.get("message", "")) for m in log)
         assert "failing-module: simulated failure" in text, log

@@ -248,3 +248,36 @@ def test_human_output_has_table_and_next_steps(site: Site, keys: Keys) -> None:
     assert "now runs cfg-2" in r.stdout
     assert "gapferry ingest" in r.stdout
     assert "[plc-1] installing" in r.stderr
+
+
+def test_result_not_written_exits_4_and_the_same_bundle_writes_it_later(
+    site: Site, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gapferry.isolated.apply as applying
+    from gapferry.common.errors import EnvironmentFailure
+
+    make_transfer(site.media, keys, site.plans())
+    real = applying.write_result_bundle
+
+    def medium_full(*args: object, **kwargs: object) -> Path:
+        raise EnvironmentFailure(
+            "no space left on the medium", remedy="free space", code="media-write"
+        )
+
+    monkeypatch.setattr(applying, "write_result_bundle", medium_full)
+    r = run_apply(site.media, keys, site.devices, site.state)
+    assert r.exit_code == 4, r.output
+    assert json.loads(r.stdout)["error"]["code"] == "media-write"
+    assert site.placed() == ["plc-1", "plc-2"]
+    assert site.results() == []
+    # The reports are in the local record: the same bundle again writes them, installs nothing.
+    monkeypatch.setattr(applying, "write_result_bundle", real)
+    for root in site.roots.values():
+        (root / "etc/plant/app.conf").write_bytes(b"edited\n")
+    r = run_apply(site.media, keys, site.devices, site.state)
+    assert r.exit_code == 0, r.output
+    assert outcome_json(r)["resumed"] is True
+    for root in site.roots.values():
+        assert (root / "etc/plant/app.conf").read_bytes() == b"edited\n"
+    [result] = read_results(site.media, keys)
+    assert [d.outcome for d in result.result.manifest.devices] == ["success", "success"]

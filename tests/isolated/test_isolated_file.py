@@ -14,6 +14,7 @@ from gapferry.fixtures.device import (
     make_transfer,
     outcome_json,
     read_results,
+    result_says_why,
     run_apply,
     single_file_artifact,
     write_devices_file,
@@ -93,6 +94,7 @@ def test_failed_check_restores_the_previous_folder(tmp_path: Path, keys: Keys) -
     r = run_apply(media, keys, devices, tmp_path / "state.db")
     assert r.exit_code == 1, r.output
     d = by_device(outcome_json(r))["hmi-1"]
+    result_says_why(media, keys, d)
     assert d["outcome"] == "failure"
     assert "exit 7" in str(d["reason"])
     assert "restored" in str(d["reason"])
@@ -128,6 +130,7 @@ def test_hostile_update_tar_refused_before_placing(tmp_path: Path, keys: Keys) -
     r = run_apply(media, keys, devices, tmp_path / "state.db")
     assert r.exit_code == 1, r.output
     d = by_device(outcome_json(r))["hmi-1"]
+    result_says_why(media, keys, d)
     assert d["outcome"] == "failure"
     assert d["code"] == "artifact-unsafe-path"
     assert (root / "opt" / "app" / "old.txt").read_bytes() == b"old\n"
@@ -170,6 +173,7 @@ def test_unmounted_path_is_skipped(tmp_path: Path, keys: Keys) -> None:
     r = run_apply(media, keys, devices, tmp_path / "state.db")
     assert r.exit_code == 1, r.output
     d = by_device(outcome_json(r))["plc-1"]
+    result_says_why(media, keys, d)
     assert d["outcome"] == "skipped"
     assert d["code"] == "not-mounted"
     assert not (tmp_path / "not-mounted").exists()

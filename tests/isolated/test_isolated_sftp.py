@@ -3,8 +3,12 @@ the real test device (``sshd`` on loopback, OpenSSH's ``sftp-server``)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,7 @@ from gapferry.fixtures.device import (
     make_transfer,
     outcome_json,
     read_results,
+    result_says_why,
     run_apply,
     running_device,
     write_devices_file,
@@ -196,6 +201,7 @@ def test_failed_check_restores_the_previous_folder(tmp_path: Path, keys: Keys) -
         r = run_apply(media, keys, devices, tmp_path / "state.db")
     assert r.exit_code == 1, r.output
     d = by_device(outcome_json(r))["hmi-1"]
+    result_says_why(media, keys, d)
     assert d["outcome"] == "failure"
     assert d["code"] == "check-failed"
     assert "exit 7" in str(d["reason"])
@@ -219,6 +225,7 @@ def test_failed_check_restores_the_previous_file(tmp_path: Path, keys: Keys) -> 
         r = run_apply(media, keys, devices, tmp_path / "state.db")
     assert r.exit_code == 1, r.output
     d = by_device(outcome_json(r))["plc-1"]
+    result_says_why(media, keys, d)
     assert d["outcome"] == "failure"
     assert "exit 3" in str(d["reason"])
     assert conf.read_bytes() == b"speed=1\n"
@@ -240,10 +247,62 @@ def test_upload_failure_leaves_the_old_file(tmp_path: Path, keys: Keys) -> None:
         r = run_apply(media, keys, devices, tmp_path / "state.db")
     assert r.exit_code == 1, r.output
     d = by_device(outcome_json(r))["plc-1"]
+    result_says_why(media, keys, d)
     assert d["outcome"] == "failure"
     assert d["code"] == "install-failed"
     assert (ro / "app.conf").read_bytes() == b"speed=1\n"
     assert _leftovers(root) == []
+
+
+def test_connection_lost_mid_upload_then_rerun(tmp_path: Path, keys: Keys) -> None:
+    root = _device_root(tmp_path)
+    conf = root / "etc" / "plant" / "app.conf"
+    big = os.urandom(48 * 1024 * 1024)  # incompressible: the upload takes a while
+    art = _single(tmp_path, keys, name="cfg-2", content=big)
+    media = tmp_path / "media"
+    make_transfer(media, keys, [DevicePlan(name="plc-1", artifact=art, artifact_name="cfg-2")])
+    with running_device(tmp_path) as dev:
+        devices = write_devices_file(tmp_path / "devices.toml", {"plc-1": _entry(dev, root)})
+        state = tmp_path / "state.db"
+        cut = threading.Event()
+
+        def pull_cable() -> None:
+            # As soon as the temporary upload has 1 MiB on the device: drop every connection.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                for p in conf.parent.glob(".app.conf.gapferry-new-*"):
+                    with contextlib.suppress(OSError):
+                        if p.stat().st_size > 1024 * 1024:
+                            dev.kill_sessions()
+                            cut.set()
+                            return
+                time.sleep(0.002)
+
+        watcher = threading.Thread(target=pull_cable)
+        watcher.start()
+        r = run_apply(media, keys, devices, state)
+        watcher.join()
+        assert cut.is_set()
+        assert r.exit_code == 1, r.output
+        d = by_device(outcome_json(r))["plc-1"]
+        assert (d["outcome"], d["retry"]) == ("skipped", True), d["reason"]
+        assert "nothing was replaced" in str(d["reason"])
+        # Untouched: the old file, and the partial upload removed once the device answered again.
+        assert conf.read_bytes() == b"speed=1\n"
+        assert _leftovers(root) == []
+        [first] = read_results(media, keys)
+        assert (
+            first.result.manifest.devices[0].outcome,
+            first.result.manifest.devices[0].reason,
+        ) == ("skipped", d["reason"])
+
+        r2 = run_apply(media, keys, devices, state)
+        assert r2.exit_code == 0, r2.output
+        doc = outcome_json(r2)
+        assert doc["resumed"] is True
+        assert by_device(doc)["plc-1"]["outcome"] == "success"
+        assert conf.read_bytes() == big
+        assert _leftovers(root) == []
 
 
 def test_unknown_host_key_refused_before_upload(tmp_path: Path, keys: Keys) -> None:
@@ -262,6 +321,7 @@ def test_unknown_host_key_refused_before_upload(tmp_path: Path, keys: Keys) -> N
         assert _connections(dev) == 0
     assert r.exit_code == 1, r.output
     d = by_device(outcome_json(r))["plc-1"]
+    result_says_why(media, keys, d)
     assert d["outcome"] == "skipped"
     assert d["code"] == "host-key"
     assert "known_hosts" in str(d["reason"])
@@ -294,6 +354,7 @@ def test_hostile_update_tar_refused_before_any_connection(tmp_path: Path, keys: 
         assert _connections(dev) == 0
     assert r.exit_code == 1, r.output
     d = by_device(outcome_json(r))["hmi-1"]
+    result_says_why(media, keys, d)
     assert d["outcome"] == "failure"
     assert d["code"] == "artifact-unsafe-path"
     assert _tree(root) == before
@@ -315,6 +376,7 @@ def test_symlinked_destination_refused_on_the_device(tmp_path: Path, keys: Keys)
         r = run_apply(media, keys, devices, tmp_path / "state.db")
     assert r.exit_code == 1, r.output
     d = by_device(outcome_json(r))["plc-1"]
+    result_says_why(media, keys, d)
     assert d["outcome"] == "failure"
     assert d["code"] == "unsafe-path"
     assert "symbolic link" in str(d["reason"])
@@ -332,6 +394,7 @@ def test_missing_root_is_skipped(tmp_path: Path, keys: Keys) -> None:
         r = run_apply(media, keys, devices, tmp_path / "state.db")
     assert r.exit_code == 1, r.output
     d = by_device(outcome_json(r))["plc-1"]
+    result_says_why(media, keys, d)
     assert d["outcome"] == "skipped"
     assert d["code"] == "bad-root"
     assert not (tmp_path / "no-such-root").exists()

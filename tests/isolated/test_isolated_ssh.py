@@ -17,6 +17,7 @@ from gapferry.fixtures.device import (
     module_artifact,
     outcome_json,
     read_results,
+    result_says_why,
     run_apply,
     running_device,
     single_file_artifact,
@@ -69,6 +70,7 @@ def test_success_installs_commits_and_reports(tmp_path: Path, keys: Keys) -> Non
         assert inv["rootfs-image.single-file.version"] == "app-v2"
         assert "kernel" in inv
         assert inv["device_type"] == "test-device"
+        assert inv["os"]  # PRETTY_NAME from the device's /etc/os-release
         assert inv["rack"] == "R7"
         assert inv["ipv4"] == ["10.0.0.1", "10.0.0.2"]
         assert "geo-city" not in inv
@@ -104,6 +106,7 @@ def test_device_type_mismatch_is_refused_before_transfer(tmp_path: Path, keys: K
         r = run_apply(media, keys, devices, tmp_path / "state.db")
         assert r.exit_code == 1, r.output
         d = by_device(outcome_json(r))["dev-1"]
+        result_says_why(media, keys, d)
         assert d["outcome"] == "failure"
         assert d["code"] == "incompatible"
         assert "other-device" in str(d["reason"])
@@ -127,11 +130,75 @@ def test_device_reports_other_type_than_the_manifest(tmp_path: Path, keys: Keys)
         r = run_apply(media, keys, devices, tmp_path / "state.db")
         assert r.exit_code == 1, r.output
         d = by_device(outcome_json(r))["dev-1"]
+        result_says_why(media, keys, d)
         assert d["outcome"] == "failure"
         assert d["code"] == "incompatible"
         assert "real-type" in str(d["reason"])
         assert dev.show_artifact() == "factory-image"
         assert not dest.exists()
+
+
+def test_artifact_depends_not_met_is_refused_before_transfer(tmp_path: Path, keys: Keys) -> None:
+    dest = tmp_path / "dev-files"
+    # Only installs over "release-7"; the device runs factory-image (the manifest agrees).
+    art = single_file_artifact(
+        tmp_path / "app.mender",
+        name="app-v2",
+        dest_dir=dest,
+        content=b"v2\n",
+        key=keys.artifact,
+        extra_args=["--artifact-name-depends", "release-7"],
+    )
+    media = tmp_path / "media"
+    with running_device(tmp_path, verify_key=keys.artifact.public) as dev:
+        make_transfer(media, keys, [DevicePlan(name="dev-1", artifact=art, artifact_name="app-v2")])
+        devices = write_devices_file(
+            tmp_path / "devices.toml", {"dev-1": ssh_entry(dev)}, verify_key=keys.artifact.public
+        )
+        r = run_apply(media, keys, devices, tmp_path / "state.db")
+        assert r.exit_code == 1, r.output
+        d = by_device(outcome_json(r))["dev-1"]
+        rd = result_says_why(media, keys, d)
+        assert (d["outcome"], d["code"]) == ("failure", "incompatible")
+        assert "release-7" in str(d["reason"])
+        assert "refused before sending anything" in str(d["reason"])
+        assert [s.status for s in rd.steps] == ["failure"]  # never "downloading"
+        [result] = read_results(media, keys)
+        assert not any("mender install" in ln.message for ln in result.read_log("dev-1"))
+        assert dev.show_artifact() == "factory-image"
+        assert not dev.pending_update()
+        assert not dest.exists()
+
+
+def test_openssh_config_alias_and_agent_are_honoured(
+    tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gapferry.fixtures.sshkeys import ssh_add, ssh_agent
+
+    dest = tmp_path / "dev-files"
+    art = single_file_artifact(
+        tmp_path / "app.mender", name="app-v2", dest_dir=dest, content=b"v2\n", key=keys.artifact
+    )
+    media = tmp_path / "media"
+    with running_device(tmp_path) as dev, ssh_agent() as env:
+        # The devices file names only a Host alias; the technician's OpenSSH config says where it
+        # is, and the device key is in the agent (no identity_file anywhere).
+        config = tmp_path / "ssh_config"
+        config.write_text(
+            f"Host pump-alias\n  HostName {dev.host}\n  Port {dev.port}\n  User {dev.user}\n"
+            f"  UserKnownHostsFile {dev.known_hosts}\n"
+        )
+        ssh_add(dev.identity_file, env=env)
+        monkeypatch.setenv("SSH_AUTH_SOCK", env["SSH_AUTH_SOCK"])
+        make_transfer(media, keys, [DevicePlan(name="dev-1", artifact=art, artifact_name="app-v2")])
+        devices = write_devices_file(
+            tmp_path / "devices.toml",
+            {"dev-1": {"method": "mender-ssh", "host": "pump-alias", "ssh_config": str(config)}},
+        )
+        r = run_apply(media, keys, devices, tmp_path / "state.db")
+        assert r.exit_code == 0, r.output
+        assert by_device(outcome_json(r))["dev-1"]["outcome"] == "success"
+        assert dev.show_artifact() == "app-v2"
 
 
 def test_unsigned_artifact_refused_when_a_key_is_configured(tmp_path: Path, keys: Keys) -> None:
@@ -150,6 +217,7 @@ def test_unsigned_artifact_refused_when_a_key_is_configured(tmp_path: Path, keys
         r = run_apply(media, keys, devices, tmp_path / "state.db")
         assert r.exit_code == 1, r.output
         d = by_device(outcome_json(r))["dev-1"]
+        result_says_why(media, keys, d)
         assert d["outcome"] == "failure"
         assert d["code"] == "artifact-unsigned"
         assert "Starting session" not in dev.sshd_log.read_text()
@@ -177,6 +245,7 @@ def test_artifact_signed_by_another_key_refused(tmp_path: Path, keys: Keys) -> N
     r = run_apply(media, keys, devices, tmp_path / "state.db")
     assert r.exit_code == 1, r.output
     d = by_device(outcome_json(r))["dev-1"]
+    result_says_why(media, keys, d)
     assert d["outcome"] == "failure"
     assert d["code"] == "artifact-bad-signature"
 
@@ -203,6 +272,7 @@ def test_failed_install_is_rolled_back_by_the_client(tmp_path: Path, keys: Keys)
         r = run_apply(media, keys, devices, tmp_path / "state.db")
         assert r.exit_code == 1, r.output
         d = by_device(outcome_json(r))["dev-1"]
+        result_says_why(media, keys, d)
         assert d["outcome"] == "failure"
         assert d["code"] == "install-failed"
         assert "simulated failure" in str(d["reason"]) or "mender install failed" in str(
@@ -230,6 +300,7 @@ def test_failed_check_rolls_back_with_mender_rollback(tmp_path: Path, keys: Keys
         r = run_apply(media, keys, devices, tmp_path / "state.db")
         assert r.exit_code == 1, r.output
         d = by_device(outcome_json(r))["dev-1"]
+        result_says_why(media, keys, d)
         assert d["outcome"] == "failure"
         assert "check command failed (exit 3)" in str(d["reason"])
         assert "rolled back" in str(d["reason"])
@@ -263,6 +334,7 @@ def test_uncommitted_update_is_reported_not_overwritten(tmp_path: Path, keys: Ke
         r = run_apply(media, keys, devices, tmp_path / "state.db")
         assert r.exit_code == 1, r.output
         d = by_device(outcome_json(r))["dev-1"]
+        result_says_why(media, keys, d)
         assert d["outcome"] == "skipped"
         assert d["code"] == "busy"
         assert "hand-installed" in str(d["reason"])
@@ -323,6 +395,7 @@ def test_unknown_host_key_is_refused(tmp_path: Path, keys: Keys) -> None:
         r = run_apply(media, keys, devices, tmp_path / "state.db")
         assert r.exit_code == 1, r.output
         d = by_device(outcome_json(r))["dev-1"]
+        result_says_why(media, keys, d)
         assert d["outcome"] == "skipped"
         assert d["code"] == "host-key"
         assert "known_hosts" in str(d["reason"])
@@ -361,8 +434,10 @@ def test_connection_lost_mid_transfer_then_rerun(
         d = by_device(outcome_json(r))["dev-1"]
         assert d["outcome"] == "skipped", d
         assert d["retry"] is True
+        result_says_why(media, keys, d)
         assert dev.show_artifact() == "factory-image"
-        assert not dev.pending_update()
+        # Nothing pending for the client (its work folder may be left from the cut download).
+        assert dev.mender("rollback").returncode == 2
         assert not (dest / "app.conf").exists()
 
         monkeypatch.setattr(DeviceLog, "progress", original)
@@ -390,6 +465,7 @@ def test_missing_device_verify_key_is_refused(tmp_path: Path, keys: Keys) -> Non
         r = run_apply(media, keys, devices, tmp_path / "state.db")
         assert r.exit_code == 1, r.output
         d = by_device(outcome_json(r))["dev-1"]
+        result_says_why(media, keys, d)
         assert d["outcome"] == "skipped"
         assert d["code"] == "device-verify-key-missing"
         assert "/etc/mender/artifact-verify-key.pem" in str(d["reason"])
@@ -459,6 +535,7 @@ def test_device_that_does_not_come_back_is_rolled_back(tmp_path: Path, keys: Key
         r = run_apply(media, keys, devices, tmp_path / "state.db")
         assert r.exit_code == 1, r.output
         d = by_device(outcome_json(r))["dev-1"]
+        result_says_why(media, keys, d)
         assert d["outcome"] == "failure"
         assert "did not come back" in str(d["reason"])
         assert "rolled back" in str(d["reason"])
@@ -534,8 +611,9 @@ def test_result_signed_with_an_agent_key(
         assert result.result.manifest.devices[0].outcome == "success"
 
 
+@pytest.mark.parametrize("transfer", ["stdin", "tempfile"])
 def test_artifact_changed_on_medium_while_sending_never_installs(
-    tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch, transfer: str
 ) -> None:
     dest = tmp_path / "dev-files"
     art = single_file_artifact(
@@ -551,7 +629,12 @@ def test_artifact_changed_on_medium_while_sending_never_installs(
             media, keys, [DevicePlan(name="dev-1", artifact=art, artifact_name="big-v1")]
         )
         [stored] = list((bundle / "artifacts").iterdir())
-        devices = write_devices_file(tmp_path / "devices.toml", {"dev-1": ssh_entry(dev)})
+        spool = tmp_path / "spool"
+        spool.mkdir()
+        devices = write_devices_file(
+            tmp_path / "devices.toml",
+            {"dev-1": ssh_entry(dev, transfer=transfer, tempdir=str(spool))},
+        )
         original = DeviceLog.progress
         changed = {"done": False}
 
@@ -576,3 +659,7 @@ def test_artifact_changed_on_medium_while_sending_never_installs(
         assert dev.show_artifact() == "factory-image"
         assert not dev.pending_update()
         assert not dest.exists()
+        assert list(spool.iterdir()) == []  # no partial copy left on the device
+        [result] = read_results(media, keys)
+        [rd] = result.result.manifest.devices
+        assert (rd.outcome, rd.reason) == ("skipped", d["reason"])

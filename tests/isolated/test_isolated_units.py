@@ -15,6 +15,7 @@ from gapferry.fixtures.device import (
     by_device,
     make_transfer,
     outcome_json,
+    read_results,
     run_apply,
     running_device,
     single_file_artifact,
@@ -223,22 +224,56 @@ def test_stream_holds_back_the_end_until_verified(tmp_path: Path) -> None:
         assert not dev.session_pids()
 
 
+#: Device-side ``tee`` replacements (first on the device's PATH) for the tempfile transfer.
+_BAD_TEE = {
+    # The device stores other bytes than it was sent (a byte lost on the way to the disk).
+    "corrupting": '#!/bin/sh\ntail -c +2 | /usr/bin/tee "$@"\n',
+    # The write to the device's disk failed (disk full), though every byte was read.
+    "failing": '#!/bin/sh\n/usr/bin/tee "$@"\nexit 1\n',
+}
+
+
 @pytest.mark.real_tools
-def test_tempfile_transfer_checks_sha256_on_the_device(tmp_path: Path, keys: Keys) -> None:
+@pytest.mark.parametrize("device_tee", [None, *_BAD_TEE])
+def test_tempfile_transfer_checks_sha256_on_the_device(
+    tmp_path: Path, keys: Keys, device_tee: str | None
+) -> None:
     dest = tmp_path / "dev-files"
     art = single_file_artifact(
         tmp_path / "app.mender", name="app-v2", dest_dir=dest, content=b"v2\n", key=keys.artifact
     )
     media = tmp_path / "media"
+    spool = tmp_path / "spool"
+    spool.mkdir()
     with running_device(tmp_path) as dev:
+        if device_tee:
+            tee = dev.base / "bin" / "tee"
+            tee.write_text(_BAD_TEE[device_tee])
+            tee.chmod(0o755)
         make_transfer(media, keys, [DevicePlan(name="dev-1", artifact=art, artifact_name="app-v2")])
         devices = write_devices_file(
             tmp_path / "devices.toml",
-            {"dev-1": ssh_entry(dev, transfer="tempfile", tempdir=str(tmp_path))},
+            {"dev-1": ssh_entry(dev, transfer="tempfile", tempdir=str(spool))},
         )
         r = run_apply(media, keys, devices, tmp_path / "state.db")
-        assert r.exit_code == 0, r.output
-        assert by_device(outcome_json(r))["dev-1"]["outcome"] == "success"
-        assert (dest / "app.conf").read_bytes() == b"v2\n"
-        assert not list(tmp_path.glob("gapferry-*.mender"))  # removed afterwards
-        assert list((dev.root.data / "modules/v3/payloads/0000").iterdir()) == []
+        d = by_device(outcome_json(r))["dev-1"]
+        assert list(spool.iterdir()) == []  # the private copy folder is removed in every case
+        if device_tee is None:
+            assert r.exit_code == 0, r.output
+            assert d["outcome"] == "success"
+            assert (dest / "app.conf").read_bytes() == b"v2\n"
+            assert list((dev.root.data / "modules/v3/payloads/0000").iterdir()) == []
+            return
+        assert r.exit_code == 1, r.output
+        if device_tee == "corrupting":
+            assert (d["outcome"], d["code"]) == ("failure", "transfer-mismatch")
+        else:
+            assert (d["outcome"], d["code"], d["retry"]) == ("skipped", "copy-failed", True)
+        # Nothing was installed, and the result bundle says why.
+        assert dev.show_artifact() == "factory-image"
+        assert not dev.pending_update()
+        assert not dest.exists()
+        [result] = read_results(media, keys)
+        [rd] = result.result.manifest.devices
+        assert rd.outcome == d["outcome"]
+        assert rd.reason == d["reason"]

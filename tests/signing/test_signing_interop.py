@@ -248,3 +248,26 @@ def test_signing_ssh_keygen_signer_argv_holds_no_message_or_secret(
         NS,
     ]
     assert signature == fx.ssh_keygen_sign(key.private, MESSAGE, NS)
+
+
+def test_signing_ecdsa_p521_both_ways(tmp_path: Path) -> None:
+    """SPEC 6.2 also allows ECDSA P-521: gapferry's signature verifies in ssh-keygen and
+    ssh-keygen's in gapferry."""
+    key = fx.generate_key(tmp_path, "p521", "ecdsa-p521")
+    line = fx.allowed_signers_line("signer@example.org", key.public_line())
+    trust = _trust(tmp_path, [line])
+    ours = sshsig.sign(MESSAGE, signer=KeyFileSigner(key.private), namespace=NS)
+    ok, out = fx.ssh_keygen_verify(
+        allowed_signers=trust,
+        principal="signer@example.org",
+        namespace=NS,
+        message=MESSAGE,
+        signature=ours,
+    )
+    assert ok, out
+    theirs = fx.ssh_keygen_sign(key.private, MESSAGE, NS)
+    result = evaluate(
+        MESSAGE, [theirs], policy=TrustPolicy.from_text(line), namespace=NS, now=IN_2025
+    )
+    require(result)
+    assert result.checks[0].key_type == "ecdsa-sha2-nistp521"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -91,6 +93,25 @@ def test_signing_below_threshold_lists_why_each_failed(keyring: Keyring) -> None
 def test_signing_unsigned(keyring: Keyring) -> None:
     result = evaluate(MESSAGE, [], policy=_policy(keyring, "ed25519"), namespace=NS, now=NOW)
     assert _failure(result).code == "unsigned"
+
+
+def _commands_named(remedy: str) -> set[str]:
+    return set(re.findall(r"\bgapferry ([a-z]+)\b", remedy))
+
+
+def test_signing_remedies_name_commands_that_exist(keyring: Keyring) -> None:
+    """The remedy for a missing or short signature names the commands that fix it."""
+    registered = {ep.name for ep in importlib.metadata.entry_points(group="gapferry.commands")}
+    policy = _policy(keyring, "ed25519", "rsa", threshold=2)
+    unsigned = _failure(evaluate(MESSAGE, [], policy=policy, namespace=NS, now=NOW))
+    short = _failure(
+        evaluate(MESSAGE, [_sign(keyring, "ed25519")], policy=policy, namespace=NS, now=NOW)
+    )
+    assert short.code == "below-threshold"
+    assert "gapferry cosign" in short.remedy
+    for err in (unsigned, short):
+        assert _commands_named(err.remedy), err.remedy
+        assert _commands_named(err.remedy) <= registered, err.remedy
 
 
 def test_signing_untrusted_signer(keyring: Keyring) -> None:

@@ -190,6 +190,20 @@ def test_openapi_checker_rejects_wrong_body(
     bad = httpx.Response(200, json={"limit": "three"})
     assert openapi_checker(req, good) is None
     assert openapi_checker(req, bad) is not None
+    # The router-404 exception (§0 "Unknown route/method") does not hide a handler's 404.
+    art = httpx.Request(
+        "GET", "https://x" + DEPM + "/artifacts/00000000-0000-4000-8000-000000000000"
+    )
+    assert openapi_checker(art, httpx.Response(404, json={"error": "Resource not found"})) is None
+    assert openapi_checker(art, httpx.Response(404, json={"error": 404})) is not None
+    nowhere = httpx.Request("GET", "https://x" + DA + "/nothing/here")
+    assert openapi_checker(nowhere, httpx.Response(404, json={"error": "not found"})) is None
+    assert openapi_checker(nowhere, httpx.Response(404, json={"error": "gone"})) is not None
+    # login answers a bare JWT (application/jwt, a string in the spec), not JSON
+    login = httpx.Request("POST", "https://x" + LOGIN)
+    jwt = httpx.Response(200, headers={"Content-Type": "application/jwt"}, content=b"a.b.c")
+    assert openapi_checker(login, jwt) is None
+    assert openapi_checker(login, httpx.Response(200, json={"token": "a.b.c"})) is not None
 
 
 def test_bearer_needs_exactly_one_space(

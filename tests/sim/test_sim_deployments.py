@@ -21,7 +21,8 @@ DEPD = "/api/devices/v1/deployments/device/deployments"
 def make_artifact(
     tmp: Path, name: str, device_types: tuple[str, ...] = ("dev-a",), payload: bytes = b"hi"
 ) -> Path:
-    out = tmp / f"{name}-{'_'.join(device_types)}-{len(payload)}.mender"
+    types = "_".join(device_types) if len(device_types) <= 3 else f"{len(device_types)}types"
+    out = tmp / f"{name}-{types}-{len(payload)}.mender"
     write_module_image(
         out,
         artifact_name=name,
@@ -186,13 +187,12 @@ def test_upload_missing_artifact_and_bad_size(tmp_path: Path, mgmt: httpx.Client
     r = mgmt.post(DEPM + "/artifacts", data={"description": "x"}, files={"other": ("o", b"1")})
     assert (r.status_code, r.json()["error"]) == (400, "request does not contain the artifact file")
     art = make_artifact(tmp_path, "s")
+    # §4 "Parts": `size` over 10 GiB → 400; given, the artifact must be exactly that long
     r = upload(mgmt, art, size=str(20 * 1024**3))
-    r2 = mgmt.post(
-        DEPM + "/artifacts",
-        data={"size": str(20 * 1024**3)},
-        files={"artifact": ("a", art.read_bytes())},
-    )
-    assert (r2.status_code, r2.json()["error"]) == (400, "Artifact file too large")
+    assert (r.status_code, r.json()["error"]) == (400, "Artifact file too large")
+    r = upload(mgmt, art, size=str(art.stat().st_size - 1))
+    assert r.status_code == 400
+    assert mgmt.get(DEPM + "/artifacts").json() is None
     r = mgmt.post(
         DEPM + "/artifacts",
         data={"artifact_id": "nope"},
@@ -654,3 +654,93 @@ def test_deployments_list_paging_headers(world: dict[str, Any], mgmt: httpx.Clie
     assert r.headers["x-total-count"] == "3"
     rels = [v.rsplit("rel=", 1)[1] for v in r.headers.get_list("link")]
     assert rels == ['"first"', '"next"', '"last"']
+
+
+def test_upload_metadata_invalid(tmp_path: Path, mgmt: httpx.Client) -> None:
+    # §4 "Failures": 0 or more than 200 device types → 400 Metadata invalid
+    many = tuple(f"t{i}" for i in range(201))
+    r = upload(mgmt, make_artifact(tmp_path, "many", many))
+    assert (r.status_code, r.json()["error"]) == (400, "Metadata invalid")
+    assert upload(mgmt, make_artifact(tmp_path, "enough", many[:200])).status_code == 201
+
+
+def test_total_size_counts_first_assignment(world: dict[str, Any], mgmt: httpx.Client) -> None:
+    # §3 "200 body": the first assignment adds the artifact size to statistics.total_size
+    d1, d2 = world["d1"], world["d2"]
+    [art] = mgmt.get(DEPM + "/artifacts").json()
+    did = dep_id(deploy(mgmt, "a", "rel-2", [d1.id, d2.id]))
+
+    def total() -> int:
+        size: int = mgmt.get(DEPM + f"/deployments/{did}").json()["statistics"]["total_size"]
+        return size
+
+    assert total() == 0
+    assert d1.next().status_code == 200
+    assert total() == art["size"]
+    assert d1.next().status_code == 200  # a repeat poll is not a new assignment
+    assert total() == art["size"]
+    assert d2.next().status_code == 200
+    assert total() == 2 * art["size"]
+
+
+def test_link_lifetimes_and_fresh_link_on_repeat_poll(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    # §3 "Download link": 24 h for devices; §4 "Artifact reads": 900 s for management;
+    # §3 "200 body": while the record stays active, a repeat poll gets a fresh link.
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    sim = MenderSim(artifact_dir=tmp_path / "a", management_token="t", clock=lambda: now[0])
+    with httpx.Client(transport=httpx.MockTransport(sim.handler), base_url="http://s") as c:
+        c.headers["Authorization"] = "Bearer t"
+        upload(c, make_artifact(tmp_path, "r"))
+        [art] = c.get(DEPM + "/artifacts").json()
+        link = c.get(DEPM + f"/artifacts/{art['id']}/download").json()
+        assert link["expire"] == "2026-01-01T00:15:00Z"
+        d = Device(sim, c, c, "1")
+        dep_id(deploy(c, "a", "r", [d.id]))
+        first = d.next().json()["artifact"]["source"]
+        assert first["expire"] == "2026-01-02T00:00:00Z"
+        now[0] += timedelta(hours=25)
+        assert c.get(first["uri"]).status_code == 403  # expired
+        again = d.next().json()["artifact"]["source"]
+        assert again["expire"] == "2026-01-03T01:00:00Z"
+        assert again["uri"] != first["uri"]
+        assert c.get(again["uri"]).status_code == 200
+
+
+def test_abort_device_deployments_marks_next_newer(
+    world: dict[str, Any], mgmt: httpx.Client, sim: MenderSim
+) -> None:
+    # §3 "Devices that never report, and aborts": the oldest active record is aborted and an
+    # aborted record is created for the next newer deployment listing the device.
+    d1 = world["d1"]
+    a = dep_id(deploy(mgmt, "a", "rel-2", [d1.id]))
+    b = dep_id(deploy(mgmt, "b", "rel-2", [d1.id, world["d2"].id]))
+    assert d1.next().json()["id"] == a
+    assert mgmt.delete(DEPM + f"/deployments/devices/{d1.id}").status_code == 204
+    recs = {r["deployment_id"]: r["status"] for r in sim.deployment_records(device_id=d1.id)}
+    assert recs == {a: "aborted", b: "aborted"}
+    assert d1.next().status_code == 204
+    # always 204, even for a device with nothing active
+    assert mgmt.delete(DEPM + "/deployments/devices/no-such-device").status_code == 204
+
+
+def test_deployment_reads_errors(world: dict[str, Any], mgmt: httpx.Client) -> None:
+    # §4 "Reads": non-UUID → 400, unknown → 404 "Resource not found"; the devices of an unknown
+    # deployment → 404 "Deployment not found"; a device log that was never sent → 404.
+    unknown = "00000000-0000-4000-8000-000000000000"
+    assert mgmt.get(DEPM + "/deployments/not-a-uuid").status_code == 400
+    r = mgmt.get(DEPM + f"/deployments/{unknown}")
+    assert (r.status_code, r.json()["error"]) == (404, "Resource not found")
+    r = mgmt.get(DEPM + f"/deployments/{unknown}/devices")
+    assert (r.status_code, r.json()["error"]) == (404, "Deployment not found")
+    d1 = world["d1"]
+    did = dep_id(deploy(mgmt, "a", "rel-2", [d1.id]))
+    d1.next()
+    r = mgmt.get(DEPM + f"/deployments/{did}/devices/{d1.id}/log")
+    assert (r.status_code, r.json()["error"]) == (404, "Resource not found")
+    # statistics/list: 1 to 100 deployment IDs
+    r = mgmt.post(DEPM + "/deployments/statistics/list", json={"deployment_ids": []})
+    assert r.status_code == 400
+    r = mgmt.post(DEPM + "/deployments/statistics/list", json={"deployment_ids": [did, unknown]})
+    assert [x["id"] for x in r.json()] == [did]

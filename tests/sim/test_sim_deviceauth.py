@@ -8,10 +8,11 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from gapferry.fixtures.sim import MenderSim
 from gapferry.fixtures.sim._canon import go_json, go_json_loads, normalise_pubkey
+from gapferry.fixtures.sim._jwt import encode_rs256
 from gapferry.fixtures.sim.devicekit import (
     AUTH_PATH,
     authenticate,
@@ -70,6 +71,16 @@ def test_preauthorized_device_gets_raw_jwt(
     assert "aud" not in c
     header = json.loads(base64.urlsafe_b64decode(r.text.split(".")[0] + "=="))
     assert header == {"alg": "RS256", "typ": "JWT"}
+    # RS256 really: the signature verifies with the sim's key over header.claims
+    signing_input, _, sig = r.text.rpartition(".")
+    pub = serialization.load_pem_public_key(sim.public_key_pem)
+    assert isinstance(pub, rsa.RSAPublicKey)
+    pub.verify(
+        base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)),
+        signing_input.encode(),
+        padding.PKCS1v15(),
+        hashes.SHA256(),
+    )
     assert dev["status"] == "accepted"
 
 
@@ -77,7 +88,6 @@ def test_jwt_expiry_configurable(tmp_path: Any) -> None:
     sim = MenderSim(artifact_dir=tmp_path, management_token="t", jwt_expiry_seconds=60)
     with httpx.Client(transport=httpx.MockTransport(sim.handler), base_url="http://s") as c:
         key = new_key()
-        preauthorize(c, key, ID, force=False) if False else None
         c.headers["Authorization"] = "Bearer t"
         assert preauthorize(c, key, ID).status_code == 201
         del c.headers["Authorization"]
@@ -458,7 +468,14 @@ def test_max_devices(tmp_path: Any) -> None:
         )
         r = authenticate(c, k3, {"n": "3"})
         assert (r.status_code, r.json()["error"]) == (401, "unauthorized")
-    sim.set_max_devices(0)
+        # §2 "GET /limits/max_devices": -1 = unlimited, 0 = nothing can be accepted
+        sim.set_max_devices(-1)
+        assert c.get(DA + "/limits/max_devices", headers=h).json() == {"limit": -1}
+        assert _set(c_with(c, h), d2["id"], d2["auth_sets"][0]["id"], "accepted").status_code == 204
+        sim.set_max_devices(0)
+        assert authenticate(c, k3, {"n": "3"}).status_code == 401
+        sim.set_max_devices(-1)
+        assert authenticate(c, k3, {"n": "3"}).status_code == 200
 
 
 def c_with(c: httpx.Client, headers: dict[str, str]) -> httpx.Client:
@@ -638,3 +655,21 @@ def test_two_live_sets_break_status(sim: MenderSim, mgmt: httpx.Client, anon: ht
     # the new key is fine: accepting it rejects the old set
     assert authenticate(anon, k2, ID).status_code == 200
     assert sorted(a["status"] for a in sim.auth_sets()) == ["accepted", "rejected"]
+
+
+def test_device_apis_refuse_management_and_forged_tokens(
+    sim: MenderSim, mgmt: httpx.Client, anon: httpx.Client
+) -> None:
+    # §0 "DA token verify": `mender.device:true`, the server's signature, a stored token for
+    # `jti` and an accepted set are all required; else 401 with an empty body.
+    key = new_key()
+    preauthorize(mgmt, key, ID)
+    tok = authenticate(anon, key, ID).text
+    head, body, _ = tok.split(".")
+    forged_claims = claims(tok)
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = encode_rs256(forged_claims, other)  # the real claims, another key
+    for t in (sim.user_token(), "test-pat", forged, f"{head}.{body}."):
+        r = _device_get(anon, t)
+        assert (r.status_code, r.content) == (401, b""), t[:20]
+    assert _device_get(anon, tok).status_code == 204

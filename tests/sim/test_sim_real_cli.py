@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 from gapferry.fixtures.sim import DEFAULT_PASSWORD, DEFAULT_USER, MenderSim, running_server
 
@@ -90,6 +92,22 @@ def test_mender_cli_login_and_upload(tmp_path: Path) -> None:
         )
         assert r.returncode == 0, r.stderr
         assert "upload successful" in r.stdout
+        # the stand-in lists it, to mender-cli and through the management API
+        r = subprocess.run(
+            check=False,
+            args=[cli, "artifacts", "list", "--server", url, "--skip-verify"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+        assert "Name: cli-rel" in r.stdout
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "sim-cert.pem"))
+        with httpx.Client(base_url=url, verify=ctx, headers={"Authorization": "Bearer pat"}) as c:
+            [listed] = c.get("/api/management/v1/deployments/artifacts").json()
+        assert listed["name"] == "cli-rel"
+        assert listed["device_types_compatible"] == ["dev-x", "dev-y"]
         # without a token the management API refuses
         r = subprocess.run(
             check=False,

@@ -95,7 +95,10 @@ def single_file_artifact(out: Path, dest: Path) -> None:
     )
 
 
-def run_client_flow(tmp_path: Path, *, tls: bool) -> None:
+def run_client_flow(tmp_path: Path, *, tls: bool, approve: str) -> None:
+    """Pending first; then the operator accepts the pending set (`approve="accept"`) or
+    preauthorizes the device's identity and key with `force` (`approve="preauthorize"`,
+    server-behaviour.md §2 "POST /devices"), and the client gets a token on its next request."""
     sim = MenderSim(artifact_dir=tmp_path / "store", management_token="pat", strict=True)
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -123,9 +126,45 @@ def run_client_flow(tmp_path: Path, *, tls: bool) -> None:
             assert dev["status"] == "pending"
             assert dev["identity_data"] == {"mac": "02:00:00:00:00:42"}
             assert any(r.path.endswith("/auth_requests") and r.status == 401 for r in sim.requests)
-            aid = dev["auth_sets"][0]["id"]
-            r = mgmt.put(f"{DA}/devices/{dev['id']}/auth/{aid}/status", json={"status": "accepted"})
-            assert r.status_code == 204
+            [auth_set] = dev["auth_sets"]
+            assert auth_set["status"] == "pending"
+            before_approval = len(sim.requests)
+            assert not any(
+                r.path.endswith("/auth_requests") and r.status == 200 for r in sim.requests
+            )
+            if approve == "accept":
+                r = mgmt.put(
+                    f"{DA}/devices/{dev['id']}/auth/{auth_set['id']}/status",
+                    json={"status": "accepted"},
+                )
+                assert r.status_code == 204
+            else:
+                r = mgmt.post(
+                    f"{DA}/devices",
+                    json={
+                        "identity_data": dev["identity_data"],
+                        "pubkey": auth_set["pubkey"],
+                        "force": True,
+                    },
+                )
+                assert r.status_code == 201
+                # the pending set itself became preauthorized (or, if the client was quick,
+                # already accepted by its next auth request): still one set, no new device
+                [(set_id, status)] = [(a["id"], a["status"]) for a in sim.auth_sets(dev["id"])]
+                assert set_id == auth_set["id"]
+                assert status in ("preauthorized", "accepted")
+                assert len(sim.devices()) == 1
+            wait_for(
+                lambda: any(
+                    r.path.endswith("/auth_requests") and r.status == 200
+                    for r in sim.requests[before_approval:]
+                ),
+                30,
+                "the client to get a token",
+            )
+            now = sim.device(dev["id"])
+            assert now is not None
+            assert now["status"] == "accepted"
             r = mgmt.post(
                 "/api/management/v1/deployments/deployments",
                 json={"name": "d", "artifact_name": "rel-1", "devices": [dev["id"]]},
@@ -175,8 +214,8 @@ def run_client_flow(tmp_path: Path, *, tls: bool) -> None:
 
 
 def test_real_mender_client_http(tmp_path: Path) -> None:
-    run_client_flow(tmp_path, tls=False)
+    run_client_flow(tmp_path, tls=False, approve="accept")
 
 
-def test_real_mender_client_https(tmp_path: Path) -> None:
-    run_client_flow(tmp_path, tls=True)
+def test_real_mender_client_https_preauthorized(tmp_path: Path) -> None:
+    run_client_flow(tmp_path, tls=True, approve="preauthorize")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -175,6 +176,89 @@ def test_cli_serve_prints_url_and_tokens(tmp_path: Path) -> None:
     assert [d["identity_data"] for d in again.devices()] == [{"n": "kept"}]
 
 
+def _serve(*args: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """Start `gapferry sim serve ARGS` as a user would; return it and what it printed."""
+    gapferry = Path(sys.executable).parent / "gapferry"
+    env = {k: v for k, v in os.environ.items() if k != "GAPFERRY_SIM_MANAGEMENT_TOKEN"}
+    p = subprocess.Popen(
+        [str(gapferry), "sim", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert p.stdout is not None
+    printed: dict[str, str] = {}
+    while "login" not in printed:
+        line = p.stdout.readline()
+        assert line, f"sim serve exited early (rc {p.poll()})"
+        if m := re.search(r"listening on (https://127\.0\.0\.1:\d+)$", line):
+            printed["url"] = m.group(1)
+        elif line.startswith("TLS certificate: "):
+            printed["cert"] = line.split(": ", 1)[1].strip()
+        elif line.startswith("management token (PAT): "):
+            printed["pat"] = line.split(": ", 1)[1].strip()
+        elif line.startswith("login"):
+            printed["login"] = line.strip()
+    return p, printed
+
+
+def _stop(p: subprocess.Popen[str], sig: signal.Signals) -> int:
+    p.send_signal(sig)
+    try:
+        return p.wait(10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
+        if p.stdout is not None:
+            p.stdout.close()
+
+
+def test_cli_serve_tls_state_survives_restart(tmp_path: Path) -> None:
+    """`sim serve --tls --state FILE`: a restart keeps the devices, the certificate the clients
+    trust and the generated token; SIGTERM stops it cleanly."""
+    state = tmp_path / "demo.sqlite"
+    p, first = _serve("--tls", "--state", str(state))
+    try:
+        assert first["cert"] == f"{state}.tls/sim-cert.pem"
+        assert first["pat"].startswith("sim-pat-")
+        assert (Path(first["cert"]).parent / "sim-key.pem").stat().st_mode & 0o077 == 0
+        trusted = Path(first["cert"]).read_bytes()
+        ctx = ssl.create_default_context(cafile=first["cert"])
+        with httpx.Client(
+            base_url=first["url"], verify=ctx, headers={"Authorization": f"Bearer {first['pat']}"}
+        ) as c:
+            assert preauthorize(c, new_key("ec256"), {"n": "kept"}).status_code == 201
+    finally:
+        assert _stop(p, signal.SIGTERM) == 0
+    p, second = _serve("--tls", "--state", str(state))
+    try:
+        assert (second["cert"], second["pat"]) == (first["cert"], first["pat"])
+        ctx = ssl.create_default_context(cadata=trusted.decode())
+        with httpx.Client(
+            base_url=second["url"], verify=ctx, headers={"Authorization": f"Bearer {first['pat']}"}
+        ) as c:
+            devices = c.get("/api/management/v2/devauth/devices").json()
+            assert [d["identity_data"] for d in devices] == [{"n": "kept"}]
+    finally:
+        assert _stop(p, signal.SIGTERM) == 0
+
+
+def test_cli_serve_tls_sigterm_removes_temporary_key(tmp_path: Path) -> None:
+    p, printed = _serve("--tls")
+    cert = Path(printed["cert"])
+    try:
+        assert (cert.parent / "sim-key.pem").is_file()
+        ctx = ssl.create_default_context(cafile=str(cert))
+        with httpx.Client(base_url=printed["url"], verify=ctx) as c:
+            r = c.get("/api/management/v2/devauth/devices")
+            assert r.status_code == 401  # a generated token, not a guessable one
+    finally:
+        assert _stop(p, signal.SIGTERM) == 0
+    assert not cert.parent.exists()
+
+
 def test_upload_and_download_never_hold_the_artifact(tmp_path: Path) -> None:
     import tracemalloc
 
@@ -224,3 +308,21 @@ def test_upload_and_download_never_hold_the_artifact(tmp_path: Path) -> None:
     assert n == art.stat().st_size
     assert up_peak < 8 * 1024 * 1024, f"upload peak {up_peak} bytes for {size} bytes"
     assert down_peak < 8 * 1024 * 1024, f"download peak {down_peak} bytes for {size} bytes"
+
+
+def test_cli_serve_port_in_use_exits_4(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        gapferry = Path(sys.executable).parent / "gapferry"
+        r = subprocess.run(
+            [str(gapferry), "sim", "serve", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert r.returncode == 4  # environment failure (cliutil), no traceback
+    assert f"cannot listen on 127.0.0.1 port {port}" in r.stderr
+    assert "Traceback" not in r.stderr
