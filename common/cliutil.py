@@ -38,7 +38,9 @@ __all__ = [
     "exit_code_for",
     "fail",
     "handle_errors",
+    "json_option",
     "load_trust_policy",
+    "trust_options",
 ]
 
 EXIT_OK = 0
@@ -109,3 +111,38 @@ def load_trust_policy(path: Path, *, threshold: int = 1) -> TrustPolicy:
         return TrustPolicy.from_file(path, threshold=threshold)
     except InvalidData as err:
         raise UsageProblem(err.message, remedy=err.remedy, code=err.code) from err
+
+
+def trust_options(
+    *,
+    trust_help: str = "OpenSSH allowed_signers file naming who may sign bundles.",
+    threshold_help: str = "Distinct trusted keys that must have signed (m of n).",
+    dest: str = "trust_file",
+    must_exist: bool = False,
+) -> Callable[[F], F]:
+    """The ``--trust FILE`` (required, passed as `dest`) and ``--threshold N`` (m of n, at
+    least 1) options every verifying command takes, with the same types and defaults."""
+
+    def decorate(func: F) -> F:
+        func = click.option(
+            "--threshold",
+            default=1,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help=threshold_help,
+        )(func)
+        return click.option(
+            "--trust",
+            dest,
+            required=True,
+            type=click.Path(path_type=Path, dir_okay=False, exists=must_exist),
+            help=trust_help,
+        )(func)
+
+    return decorate
+
+
+#: ``--json``: one JSON document on stdout instead of text (parameter ``json_output``).
+json_option: Callable[[F], F] = click.option(
+    "--json", "json_output", is_flag=True, help="Print one JSON document on stdout."
+)

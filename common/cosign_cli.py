@@ -16,7 +16,13 @@ from gapferry.common.atomic import fsync_dir
 from gapferry.common.bundle import cosign as cosign_bundle
 from gapferry.common.bundle import find_bundles, namespace_for, open_bundle
 from gapferry.common.bundle.layout import kind_of_dir_name
-from gapferry.common.cliutil import emit_json, handle_errors, load_trust_policy
+from gapferry.common.cliutil import (
+    emit_json,
+    handle_errors,
+    json_option,
+    load_trust_policy,
+    trust_options,
+)
 from gapferry.common.errors import UsageProblem
 from gapferry.common.limits import DEFAULT_LIMITS
 from gapferry.common.signers import Signer, load_signer
@@ -102,21 +108,12 @@ def refuse_untrusted_signer(
     required=True,
     help="Your signing key: a private key file, PATH.pub (ssh-keygen/agent) or agent:PATH.pub.",
 )
-@click.option(
-    "--trust",
-    "trust_file",
-    required=True,
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    help="OpenSSH allowed_signers file the bundle must already satisfy before you sign it.",
+@trust_options(
+    trust_help="OpenSSH allowed_signers file the bundle must already satisfy before you sign it.",
+    threshold_help="Distinct trusted signatures the bundle must already have before yours.",
+    must_exist=True,
 )
-@click.option(
-    "--threshold",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Distinct trusted signatures the bundle must already have before yours.",
-)
-@click.option("--json", "json_output", is_flag=True, help="Print one JSON document on stdout.")
+@json_option
 @handle_errors
 def cosign(
     bundle: Path, sign_key: str, trust_file: Path, threshold: int, json_output: bool

@@ -26,7 +26,15 @@ from gapferry.common.bundle import (
 from gapferry.common.bundle.layout import kind_of_dir_name
 from gapferry.common.bundle.read import VERIFIED_ATTR
 from gapferry.common.bundle.verify import VerifiedResult, VerifiedTransfer, trust_before_failure
-from gapferry.common.cliutil import EXIT_OK, emit_json, exit_code_for, fail, load_trust_policy
+from gapferry.common.cliutil import (
+    EXIT_OK,
+    emit_json,
+    exit_code_for,
+    fail,
+    json_option,
+    load_trust_policy,
+    trust_options,
+)
 from gapferry.common.errors import (
     EnvironmentFailure,
     GapferryError,
@@ -205,21 +213,11 @@ def _json(b: OpenedBundle) -> dict[str, Any]:
 
 @click.command(name="verify")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option(
-    "--trust",
-    "trust_file",
-    required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="OpenSSH allowed_signers file naming who may sign bundles.",
+@trust_options(
+    trust_help="OpenSSH allowed_signers file naming who may sign bundles.",
+    threshold_help="Distinct trusted keys that must have signed (m of n).",
 )
-@click.option(
-    "--threshold",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Distinct trusted keys that must have signed (m of n).",
-)
-@click.option("--json", "json_output", is_flag=True, help="Print one JSON document on stdout.")
+@json_option
 def verify(path: Path, trust_file: Path, threshold: int, json_output: bool) -> None:
     """Verify a transfer or result bundle offline and print what was checked.
 

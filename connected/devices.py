@@ -122,7 +122,8 @@ def preauthorize(session: Session, site: Site, devices: list[SiteDevice]) -> lis
 
 
 def authenticate(session: Session, site: Site, devices: list[SiteDevice]) -> list[DeviceResult]:
-    """Phase 3: a signed auth request per device; the JWT stays in memory."""
+    """Phase 3: a signed auth request per device; the JWT is cached beside an unencrypted key
+    for later commands (ADR 0045), never in the ledger."""
 
     def step(dev: SiteDevice) -> DeviceResult:
         _register(session, site, dev)

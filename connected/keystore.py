@@ -9,22 +9,32 @@ SHA-256 as ASN.1 DER, Ed25519 over the raw bytes.
 Private key bytes and passphrases never leave this module: no ``repr`` shows them, no error quotes
 them. Passphrases arrive through a callback, so the CLI decides where they come from (environment
 or prompt, never the command line).
+
+Device tokens (ADR 0045): beside an *unencrypted* key, ``<root>/<device>.jwt`` (mode 0600) keeps
+the device's last JWT with a binding (a digest of the server URL, identity, public key and tenant
+token it was issued for), so a later command reuses it instead of authenticating again. A token
+is never cached beside a passphrase-protected key (it would be readable without the passphrase),
+is ignored when its binding differs or its mode lets others read it, and is deleted with the key.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+import tempfile
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 
+import msgspec
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from gapferry.common.atomic import atomic_write_bytes, fsync_dir
 from gapferry.common.errors import InvalidData, UsageProblem
 
-__all__ = ["DeviceKey", "KeyAlgorithm", "Keystore", "PassphraseSource"]
+__all__ = ["CachedToken", "DeviceKey", "KeyAlgorithm", "Keystore", "PassphraseSource"]
 
 #: Returns the passphrase for a key (by device name), or None for none.
 PassphraseSource = Callable[[str], bytes | None]
@@ -32,6 +42,31 @@ PassphraseSource = Callable[[str], bytes | None]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+
+class CachedToken(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The ``<device>.jwt`` file: a device JWT and what it was issued for (ADR 0045)."""
+
+    binding: str
+    token: str
+
+
+def _read_private(path: Path, limit: int, *, whole: bool) -> bytes | None:
+    """The first `limit` bytes of a regular file only its owner may read (with `whole`: only if
+    that is all of it), else None. Few syscalls: this runs per device in worker threads."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077 or (whole and st.st_size > limit):
+            return None
+        return os.read(fd, limit)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 class KeyAlgorithm(StrEnum):
@@ -98,8 +133,67 @@ class Keystore:
     def pub_path(self, name: str) -> Path:
         return self.root / f"{self._check(name)}.pub"
 
+    def token_path(self, name: str) -> Path:
+        return self.root / f"{self._check(name)}.jwt"
+
     def exists(self, name: str) -> bool:
         return self.key_path(name).exists()
+
+    def is_encrypted(self, name: str) -> bool:
+        """Whether the device's private key file is passphrase-protected (False if missing)."""
+        try:
+            with self.key_path(name).open("rb") as f:
+                return b"ENCRYPTED" in f.readline(200)
+        except FileNotFoundError:
+            return False
+
+    def load_token(self, name: str, *, binding: str) -> str | None:
+        """The cached JWT of the device if it was issued for `binding`, else None (ADR 0045).
+
+        A file others may read, an unreadable or foreign file, and any token beside an encrypted
+        key (or a key others may read) are ignored: never an error, the device then simply
+        authenticates (and loading its key reports what is wrong with the key).
+        """
+        raw = _read_private(self.token_path(name), 64 * 1024, whole=True)
+        key_head = _read_private(self.key_path(name), 200, whole=False)
+        if raw is None or key_head is None or b"ENCRYPTED" in key_head.split(b"\n", 1)[0]:
+            return None
+        try:
+            cached = msgspec.json.decode(raw, type=CachedToken)
+        except msgspec.DecodeError:
+            return None
+        return cached.token if cached.binding == binding and cached.token else None
+
+    def save_token(self, name: str, token: str, *, binding: str) -> bool:
+        """Cache `token` (0600, atomically) unless the key is encrypted; whether it was cached."""
+        if not self.exists(name) or self.is_encrypted(name):
+            return False
+        data = msgspec.json.encode(CachedToken(binding=binding, token=token))
+        # A cache: written whole under a temporary name (0600 from creation) and renamed, but not
+        # fsynced. Lost or damaged after a power cut, it is ignored and the device authenticates.
+        path = self.token_path(name)
+        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=f".{path.name}.", suffix=".part")
+        tmp = Path(tmp_name)  # mkstemp: O_EXCL, mode 0600 from creation
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            # Renaming over an existing file makes ext4 flush the new file first (auto_da_alloc),
+            # which is an fsync in effect; the cache does not need it.
+            path.unlink(missing_ok=True)
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return True
+
+    def remove_token(self, name: str) -> bool:
+        """Delete the cached JWT, if any. Returns whether it existed."""
+        try:
+            self.token_path(name).unlink()
+        except FileNotFoundError:
+            return False
+        fsync_dir(self.root)
+        return True
 
     def generate(
         self,
@@ -191,8 +285,10 @@ class Keystore:
         return DeviceKey(name=name, key=key)
 
     def remove(self, name: str) -> bool:
-        """Delete the device's key pair (rotating mode cleanup). Returns whether it existed."""
+        """Delete the device's key pair and cached token (rotating mode cleanup). Returns whether
+        the key pair existed."""
         existed = False
+        self.token_path(name).unlink(missing_ok=True)
         for p in (self.key_path(name), self.pub_path(name)):
             try:
                 p.unlink()

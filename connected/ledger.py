@@ -16,7 +16,8 @@ SQLite (stdlib), WAL journal mode, every change inside one ``BEGIN IMMEDIATE`` t
   ``pending`` rows; the next run delivers them first, in order, after asking the server whether the
   report already arrived (ADR 0041).
 - ``journal``: append-only (triggers refuse UPDATE and DELETE) record of every Mender call:
-  method, path, status, request id. Never a query string, a body, a token or a key.
+  method, path, status, request id. Never a query string, a body, a token or a key. Rows are
+  written with the ledger's next transaction (ADR 0045), so a call never waits to be journalled.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import msgspec
 from gapferry.common.errors import EnvironmentFailure
 
 __all__ = [
+    "JOURNAL_BATCH",
     "Bundle",
     "DeploymentRow",
     "DeviceRow",
@@ -168,6 +170,9 @@ class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
     attempted: int = 0
 
 
+#: At most this many journal rows wait for the ledger's next transaction (`Ledger.journal`).
+JOURNAL_BATCH = 256
+
 #: Deployment states in which a deployment is "travelling": packed into a bundle not yet returned.
 TRAVELLING = ("packed", "travelling")
 
@@ -194,10 +199,14 @@ class Ledger:
                 code="ledger-unavailable",
             ) from e
         self._lock = threading.RLock()
+        #: Journal rows not yet written: each goes in with the ledger's next transaction (ADR 0045).
+        self._journal_rows: list[tuple[str, str, str, str, int, str | None, str]] = []
+        self._journal_lock = threading.Lock()
         with self.tx() as c:
             c.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
+        self.flush_journal()
         self._db.close()
 
     def __enter__(self) -> Ledger:
@@ -222,6 +231,7 @@ class Ledger:
                 cur.execute("BEGIN IMMEDIATE")
                 try:
                     yield cur
+                    self._write_journal(cur)
                 except BaseException:
                     cur.execute("ROLLBACK")
                     raise
@@ -242,23 +252,53 @@ class Ledger:
     def journal(
         self, *, method: str, path: str, status: int, request_id: str | None, note: str
     ) -> None:
-        """Append one Mender call to the journal (signature of `mender.http.Journal`)."""
-        with self.tx(durable=False) as c:
-            c.execute(
-                "INSERT INTO journal (ts, command, method, path, status, request_id, note) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    utcnow(),
-                    self.command,
-                    method,
-                    path.split("?", maxsplit=1)[0],
-                    status,
-                    request_id,
-                    note,
-                ),
-            )
+        """Append one Mender call to the journal (signature of `mender.http.Journal`).
+
+        The row is written with the ledger's next transaction, whichever thread makes it, so it
+        never waits for another thread's commit and is committed no later than any state change
+        made after the call's answer; at the latest with `flush_journal` (on `close`, and when
+        `JOURNAL_BATCH` rows wait). ADR 0045 amends ADR 0041 here.
+        """
+        row = (
+            utcnow(),
+            self.command,
+            method,
+            path.split("?", maxsplit=1)[0],
+            status,
+            request_id,
+            note,
+        )
+        with self._journal_lock:
+            self._journal_rows.append(row)
+            full = len(self._journal_rows) >= JOURNAL_BATCH
+        if full:
+            self.flush_journal()
+
+    def flush_journal(self) -> None:
+        """Write the journal rows still waiting (a commit without its own fsync, ADR 0041)."""
+        with self._journal_lock:
+            if not self._journal_rows:
+                return
+        with self.tx(durable=False):
+            pass  # `tx` writes the waiting rows before it commits
+
+    def _write_journal(self, cur: sqlite3.Cursor) -> None:
+        with self._journal_lock:
+            rows, self._journal_rows = self._journal_rows, []
+        if rows:
+            try:
+                cur.executemany(
+                    "INSERT INTO journal (ts, command, method, path, status, request_id, note) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            except BaseException:
+                with self._journal_lock:  # not written: keep them, in order, for the next commit
+                    self._journal_rows[:0] = rows
+                raise
 
     def journal_rows(self) -> list[dict[str, Any]]:
+        self.flush_journal()
         rows = self._all(
             "SELECT ts, command, method, path, status, request_id, note FROM journal ORDER BY id"
         )
@@ -269,6 +309,10 @@ class Ledger:
     def upsert_device(
         self, *, site: str, name: str, identity: dict[str, str], device_type: str
     ) -> DeviceRow:
+        """Record the device's identity and type; no write (no commit) when they are unchanged."""
+        row = self.device(site, name)
+        if row is not None and row.identity == identity and row.device_type == device_type:
+            return row
         with self.tx() as c:
             c.execute(
                 "INSERT INTO devices (site, name, identity, device_type, updated) "
@@ -352,9 +396,11 @@ class Ledger:
         artifact_id: str | None,
         artifact_name: str,
         next_request: bytes,
+        cursor: sqlite3.Cursor | None = None,
     ) -> DeploymentRow:
-        """Record what /next answered; an existing row keeps its first request bytes."""
-        with self.tx() as c:
+        """Record what /next answered; an existing row keeps its first request bytes. With
+        `cursor`, inside the caller's transaction."""
+        with contextlib.nullcontext(cursor) if cursor is not None else self.tx() as c:
             c.execute(
                 f"INSERT INTO deployments ({self._DEP_COLS}, created, updated) "  # noqa: S608
                 "VALUES (?, ?, ?, ?, ?, ?, 'polled', NULL, NULL, ?, ?) "
@@ -422,9 +468,12 @@ class Ledger:
             c.execute(sql, args)
 
     # --- bundles ------------------------------------------------------------------------
-    def reserve_bundle(self, *, site: str, bundle_id: str, path: str) -> Bundle:
-        """Allocate the site's next sequence number for a bundle being written."""
-        with self.tx() as c:
+    def reserve_bundle(
+        self, *, site: str, bundle_id: str, path: str, cursor: sqlite3.Cursor | None = None
+    ) -> Bundle:
+        """Allocate the site's next sequence number for a bundle being written. With `cursor`,
+        inside the caller's transaction (pack adds the bundle's items in the same one)."""
+        with contextlib.nullcontext(cursor) if cursor is not None else self.tx() as c:
             r = c.execute("SELECT COALESCE(MAX(seq), 0) FROM bundles WHERE site = ?", (site,))
             seq = int(r.fetchone()[0]) + 1
             c.execute(
@@ -493,8 +542,9 @@ class Ledger:
         kind: str,
         payload: Any,
         origin: str,
-    ) -> None:
-        """Record a report owed to the server, inside the caller's transaction."""
+    ) -> int | None:
+        """Record a report owed to the server, inside the caller's transaction. Returns the new
+        entry's id, or None when the same report was owed already."""
         cursor.execute(
             "INSERT OR IGNORE INTO outbox (site, device, deployment_id, kind, payload, origin, "
             "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -508,6 +558,7 @@ class Ledger:
                 utcnow(),
             ),
         )
+        return cursor.lastrowid if cursor.rowcount == 1 else None
 
     _OUT_COLS = "id, site, device, deployment_id, kind, payload, origin, state, attempted"
 

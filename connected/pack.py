@@ -21,6 +21,7 @@ travelling in an unreturned bundle is not packed again unless `repack`.
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
 from collections.abc import Callable
@@ -197,7 +198,8 @@ class _Packer:
                 state="gone",
                 outcome="superseded on the server",
             )
-        dep = self.ledger.record_polled(
+        polled = functools.partial(
+            self.ledger.record_polled,
             site=site,
             device=dev.name,
             deployment_id=ans.id,
@@ -205,9 +207,18 @@ class _Packer:
             artifact_name=ans.artifact.artifact_name,
             next_request=body,
         )
-        self._fetch(api, dev, dep, ans)
+        cached = self._have_artifact(ans.artifact.id or f"name-{ans.artifact.artifact_name}")
+        if not cached:
+            # Recorded before the (long) download, so a re-run re-polls with the same bytes.
+            dep = polled()
+            self._fetch(api, dev, dep, ans)
         with self.ledger.tx() as c:
-            self.ledger.enqueue(
+            if cached:
+                # Nothing to download: the poll is recorded with its `downloading` report in one
+                # commit (ADR 0045); a crash before it leaves what a crash before recording the
+                # poll alone would.
+                dep = polled(cursor=c)
+            entry = self.ledger.enqueue(
                 c,
                 site=site,
                 device=dev.name,
@@ -216,16 +227,26 @@ class _Packer:
                 payload={"status": "downloading"},
                 origin="pack",
             )
+            if entry is not None:
+                # Marked `attempted` in the commit that makes it owed, as it is called right
+                # after (ADR 0045): delivery needs no commit of its own to mark it.
+                self.ledger.mark_attempted([entry], cursor=c)
             self.ledger.set_deployment(
                 dep.deployment_id, site, dev.name, state="downloaded", cursor=c
             )
-        deliver_pending(self.session, site, {dev.name: dev}, only={dev.name})
+        fresh = frozenset([entry]) if entry is not None else frozenset()
+        deliver_pending(self.session, site, {dev.name: dev}, only={dev.name}, fresh=fresh)
         return PackRow(
             device=dev.name,
             action="downloaded",
             deployment_id=dep.deployment_id,
             artifact_name=dep.artifact_name,
         )
+
+    def _have_artifact(self, artifact_id: str) -> bool:
+        """Whether the artifact is downloaded and recorded already (what `_fetch` skips on)."""
+        known = self.ledger.artifact(artifact_id)
+        return known is not None and Path(known[3]).exists()
 
     def _artifact_path(self, artifact_id: str) -> Path:
         return self.session.artifact_dir / f"{artifact_id}.mender"
@@ -355,11 +376,16 @@ class _Packer:
         site = self.site.name
         led = self.ledger
         writing = led.bundles(site=site, state="writing")
+        deps: list[DeploymentRow] = []
         if writing:
             b = writing[-1]
             carried = set(led.bundle_items(b.bundle_id))
             deps = [d for d in led.deployments(site=site) if (d.deployment_id, d.device) in carried]
-        else:
+            if not deps:
+                # Reserved without items (a run killed between the two commits before they were
+                # one): nothing was written for it; start a new bundle.
+                led.set_bundle(b.bundle_id, state="abandoned")
+        if not deps:
             deps = [
                 d
                 for d in led.deployments(site=site)
@@ -368,8 +394,11 @@ class _Packer:
             ]
             if not deps:
                 return None
-            b = led.reserve_bundle(site=site, bundle_id=str(uuid.uuid4()), path=str(media))
             with led.tx() as c:
+                # Reserved with its items in one commit: a crash leaves both or neither.
+                b = led.reserve_bundle(
+                    site=site, bundle_id=str(uuid.uuid4()), path=str(media), cursor=c
+                )
                 for d in deps:
                     led.add_bundle_item(
                         c,
@@ -380,7 +409,8 @@ class _Packer:
                     )
         items = self._items(deps)
         total = sum(i.artifact_size for i in items)
-        with Progress(f"bundle #{b.seq}", total, enabled=self.progress) as p:
+        # One bar for both passes: each byte is written, then read back from the medium.
+        with Progress(f"bundle #{b.seq} (write, read back)", 2 * total, enabled=self.progress) as p:
             path, digest = write(
                 media,
                 site=site,
@@ -389,6 +419,7 @@ class _Packer:
                 items=items,
                 signer=signer,
                 progress=p.advance,
+                verify_progress=p.advance,
             )
         with led.tx() as c:
             led.set_bundle(b.bundle_id, state="issued", digest=digest, cursor=c)

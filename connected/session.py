@@ -3,11 +3,16 @@
 Configuration comes from the environment as in the seeds (``MENDER_SERVER_URL``,
 ``MENDER_API_TOKEN``, ``MENDER_TENANT_TOKEN``) plus ``GAPFERRY_STATE`` (the folder holding the
 ledger and device keys; default ``~/.local/share/gapferry``), ``GAPFERRY_CA_BUNDLE`` and
-``GAPFERRY_KEY_PASSPHRASE``. Tokens are held in memory only: never in the ledger, never logged.
+``GAPFERRY_KEY_PASSPHRASE``. Device tokens are held in memory and, beside an unencrypted device
+key, cached in ``<state>/keys/<site>/<device>.jwt`` (0600) for the next command, bound to the
+server URL, identity, public key and tenant token (ADR 0045); never in the ledger, never logged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import threading
 import time
@@ -18,12 +23,12 @@ import httpx
 from gapferry.common.errors import UsageProblem
 from gapferry.connected.keystore import Keystore, PassphraseSource
 from gapferry.connected.ledger import Ledger
-from gapferry.connected.mender.device import DeviceApi
+from gapferry.connected.mender.device import DeviceApi, identity_json
 from gapferry.connected.mender.http import MenderHttp, RetryPolicy
 from gapferry.connected.mender.management import ManagementApi
 from gapferry.connected.site import SiteDevice
 
-__all__ = ["Session", "default_state_dir", "passphrase_from_env"]
+__all__ = ["Session", "default_state_dir", "passphrase_from_env", "token_binding"]
 
 
 def default_state_dir() -> Path:
@@ -38,6 +43,22 @@ def passphrase_from_env(_name: str) -> bytes | None:
     """Device key passphrase from ``GAPFERRY_KEY_PASSPHRASE`` (never from argv)."""
     value = os.environ.get("GAPFERRY_KEY_PASSPHRASE")
     return value.encode() if value else None
+
+
+def token_binding(
+    *, server_url: str, identity: dict[str, str], public_pem: str, tenant_token: str | None
+) -> str:
+    """What a cached device token was issued for (ADR 0045): a SHA-256 over the server URL, the
+    identity, the public key and the tenant token's digest. A token is reused only when all match,
+    so it is never sent to another server nor used for another identity or key."""
+    tenant = hashlib.sha256((tenant_token or "").encode()).hexdigest()
+    doc = {
+        "server": server_url.rstrip("/"),
+        "identity": identity_json(identity),
+        "pubkey": public_pem,
+        "tenant": tenant,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 class Session:
@@ -74,6 +95,8 @@ class Session:
         self._retry = retry
         self._api_token = api_token
         self._devices: dict[tuple[str, str], DeviceApi] = {}
+        #: Device tokens obtained in this session, cached beside their keys at `close`.
+        self._new_tokens: dict[tuple[str, str], tuple[str, str]] = {}
         #: Guards the lazily made connection and the device API cache (workers share them).
         self._lock = threading.RLock()
 
@@ -100,6 +123,11 @@ class Session:
         self.close()
 
     def close(self) -> None:
+        with self._lock:
+            fresh, self._new_tokens = self._new_tokens, {}
+        for (site, name), (token, binding) in fresh.items():
+            with contextlib.suppress(OSError):  # a cache: a token not kept only costs an auth
+                self.keystore(site).save_token(name, token, binding=binding)
         if self._http is not None:
             self._http.close()
         self.ledger.close()
@@ -142,27 +170,62 @@ class Session:
         return ManagementApi(self.http, token=self._api_token)
 
     def device_api(self, site: str, device: SiteDevice) -> DeviceApi:
-        """The device API for one device (key loaded once, JWT cached for the session)."""
+        """The device API for one device: its JWT from the state folder when one was cached for
+        this server, identity and key (ADR 0045), else obtained (and cached) on first use. The
+        private key is loaded only when a token must be obtained.
+
+        Raises:
+            UsageProblem: the device has no key in the keystore.
+        """
         key = (site, device.name)
         with self._lock:
             api = self._devices.get(key)
         if api is not None:
             return api
-        # Loading (and maybe decrypting) the key outside the lock: other devices go on meanwhile.
-        private = self.keystore(site).load(device.name, passphrase=self.passphrase)
+        ks = self.keystore(site)
+        name = device.name
+        if not ks.exists(name):
+            ks.load(name, passphrase=self.passphrase)  # raises the "no key" problem
+        try:
+            pub: str | None = ks.public_pem(name)
+        except UsageProblem:
+            pub = None  # no .pub beside the key: no cache, the key alone still works
+        cached: str | None = None
+        save: Callable[[str], None] | None = None
+        if pub is not None:
+            binding = token_binding(
+                server_url=self.http.server_url,
+                identity=dict(device.identity),
+                public_pem=pub,
+                tenant_token=self.tenant_token,
+            )
+            cached = ks.load_token(name, binding=binding)
+
+            def save(token: str) -> None:
+                # Written when the session closes, one after another: worker threads do no
+                # file creation per device (ADR 0045). A crash before that only loses the cache.
+                with self._lock:
+                    self._new_tokens[key] = (token, binding)
+
         with self._lock:
             return self._devices.setdefault(
                 key,
                 DeviceApi(
                     self.http,
                     identity=dict(device.identity),
-                    key=private,
+                    key=lambda: ks.load(name, passphrase=self.passphrase),
+                    name=name,
                     tenant_token=self.tenant_token,
                     clock=self.clock,
                     allowed_download_hosts=self.allowed_download_hosts,
+                    token=cached,
+                    on_token=save,
                 ),
             )
 
     def forget_device(self, site: str, name: str) -> None:
+        """Drop the device's API object and its cached token (cleanup, ADR 0045)."""
         with self._lock:
             self._devices.pop((site, name), None)
+            self._new_tokens.pop((site, name), None)
+        self.keystore(site).remove_token(name)

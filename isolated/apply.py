@@ -96,6 +96,13 @@ class ApplyResult:
     reports: list[DeviceReport] = field(default_factory=list)
     result_path: Path | None = None
     state_path: Path | None = None
+    #: What the bundle's verification found, for the technician: who packed it, when, until when
+    #: it is valid, and how many distinct trusted signatures it carries (of how many needed).
+    packer: str = ""
+    created: datetime | None = None
+    expires: datetime | None = None
+    trusted_signatures: int = 0
+    threshold: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -232,6 +239,11 @@ def apply_bundle(
         dry_run=dry_run,
         plan=[],
         state_path=record.path,
+        packer=m.packer.name,
+        created=m.created,
+        expires=m.expires,
+        trusted_signatures=verified.trust.distinct_trusted,
+        threshold=verified.trust.threshold,
     )
     # Step 2: every artifact, once per verification key, before anything is sent.
     checked: dict[tuple[str, Path | None], ArtifactInfo | ArtifactError] = {}

@@ -15,10 +15,17 @@ import getpass
 import os
 import sys
 import threading
+from datetime import datetime
 from pathlib import Path
 
 import click
-from gapferry.common.cliutil import EXIT_INCOMPLETE, emit_json, fail, handle_errors
+from gapferry.common.cliutil import (
+    EXIT_INCOMPLETE,
+    emit_json,
+    fail,
+    handle_errors,
+    trust_options,
+)
 from gapferry.common.errors import UsageProblem
 from gapferry.common.limits import DEFAULT_LIMITS
 from gapferry.common.media.cli_support import AutoMedium, MediumPath, resolve_medium, wait_option
@@ -71,23 +78,37 @@ def _passphrase() -> bytes:
     return click.prompt("Passphrase for the signing key", hide_input=True).encode()
 
 
+def _verified(result: ApplyResult) -> str:
+    """One line on what the bundle's verification found."""
+
+    def when(t: datetime | None) -> str:
+        return t.strftime("%Y-%m-%d %H:%M UTC") if t else "?"
+
+    return (
+        f"Verified: {result.trusted_signatures} trusted signature(s) (needed:"
+        f" {result.threshold}); packed by {result.packer or '?'} at {when(result.created)};"
+        f" valid until {when(result.expires)}."
+    )
+
+
 def _table(result: ApplyResult) -> str:
-    rows = [("DEVICE", "METHOD", "ARTIFACT", "OUTCOME", "DETAIL")]
+    rows = [("DEVICE", "METHOD", "TARGET", "ARTIFACT", "OUTCOME", "DETAIL")]
     reports = {r.name: r for r in result.reports}
     for p in result.plan:
         r = reports.get(p.name)
+        where = p.target or "-"
         if result.dry_run or r is None:
-            rows.append((p.name, p.method or "-", p.artifact, f"will {p.action}", p.note))
+            rows.append((p.name, p.method or "-", where, p.artifact, f"will {p.action}", p.note))
         else:
             after = f"now runs {r.artifact_name_after}" if r.artifact_name_after else ""
             detail = r.reason if r.outcome in ("failure", "skipped") and r.reason else after
-            rows.append((p.name, p.method or "-", p.artifact, r.outcome, detail or ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+            rows.append((p.name, p.method or "-", where, p.artifact, r.outcome, detail or ""))
+    widths = [min(40, max(len(row[i]) for row in rows)) for i in range(5)]
     out = []
     for row in rows:
-        detail = row[4] if len(row[4]) <= 100 else row[4][:97] + "..."
+        detail = row[5] if len(row[5]) <= 100 else row[5][:97] + "..."
         out.append(
-            "  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + detail
+            "  ".join(c.ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + detail
         )
     return "\n".join(line.rstrip() for line in out)
 
@@ -116,19 +137,10 @@ def _next_steps(result: ApplyResult) -> list[str]:
 @click.command("apply")
 @click.argument("media", type=MediumPath(click.Path(path_type=Path, exists=True)))
 @wait_option
-@click.option(
-    "--trust",
-    "trust_path",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="OpenSSH allowed_signers file of the people who may pack bundles for this site.",
-)
-@click.option(
-    "--threshold",
-    default=1,
-    show_default=True,
-    type=int,
-    help="Distinct trusted signatures needed.",
+@trust_options(
+    trust_help="OpenSSH allowed_signers file of the people who may pack bundles for this site.",
+    threshold_help="Distinct trusted signatures needed.",
+    dest="trust_path",
 )
 @click.option(
     "--devices",
@@ -240,6 +252,11 @@ def apply(  # noqa: PLR0917 - click passes options as parameters
                 "sequence": result.sequence,
                 "bundle_id": result.bundle_id,
                 "resumed": result.resumed,
+                "packer": result.packer,
+                "created": result.created.isoformat() if result.created else None,
+                "expires": result.expires.isoformat() if result.expires else None,
+                "trusted_signatures": result.trusted_signatures,
+                "threshold": result.threshold,
                 "state": str(result.state_path),
                 "result_bundle": str(result.result_path) if result.result_path else None,
                 "plan": [p.__dict__ for p in result.plan],
@@ -262,6 +279,7 @@ def apply(  # noqa: PLR0917 - click passes options as parameters
             f"{head} for transfer bundle {result.bundle.name} (site {result.site}, sequence"
             f" {result.sequence}{', resumed' if result.resumed else ''}):"
         )
+        click.echo(_verified(result))
         click.echo(_table(result))
         for line in _next_steps(result):
             click.echo(line)

@@ -14,7 +14,7 @@ from gapferry.common.atomic import atomic_write_bytes
 from gapferry.common.audit.audit import run_audit
 from gapferry.common.audit.render_html import render_html
 from gapferry.common.audit.render_text import render_json, render_text
-from gapferry.common.cliutil import handle_errors, load_trust_policy
+from gapferry.common.cliutil import handle_errors, load_trust_policy, trust_options
 from gapferry.common.errors import EnvironmentFailure, UsageProblem
 from gapferry.common.limits import DEFAULT_LIMITS
 
@@ -67,19 +67,10 @@ def _write_report(path: Path, page: str) -> None:
 @click.command()
 @click.argument("transfer", type=click.Path(path_type=Path))
 @click.argument("results", nargs=-1, type=click.Path(path_type=Path))
-@click.option(
-    "--trust",
-    "trust",
-    required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="OpenSSH allowed_signers file of the signers you trust.",
-)
-@click.option(
-    "--threshold",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Distinct trusted keys required.",
+@trust_options(
+    trust_help="OpenSSH allowed_signers file of the signers you trust.",
+    threshold_help="Distinct trusted keys required.",
+    dest="trust",
 )
 @click.option(
     "--artifact-key",

@@ -301,6 +301,7 @@ def _hash_listed(
             cancel=cancel,
             chunk=CHUNK,
             buffers=_HASH_BUFFERS,
+            readahead=True,
         )
     if size != f.size:
         raise InvalidData(

@@ -14,7 +14,13 @@ from pathlib import Path
 import click
 from gapferry.common.bundle.layout import MEDIA_ROOT_DIR
 from gapferry.common.bundle.tarform import from_tar, to_tar
-from gapferry.common.cliutil import emit_json, handle_errors, load_trust_policy
+from gapferry.common.cliutil import (
+    emit_json,
+    handle_errors,
+    json_option,
+    load_trust_policy,
+    trust_options,
+)
 from gapferry.common.cosign_cli import find_one_bundle
 from gapferry.common.digest import sha256_file
 from gapferry.common.errors import EnvironmentFailure, UsageProblem
@@ -63,21 +69,11 @@ def tar_target(bundle_name: str, to: Path) -> Path:
     type=click.Path(path_type=Path),
     help="Folder to write <bundle folder>.tar into, or the .tar file name.",
 )
-@click.option(
-    "--trust",
-    "trust_file",
-    required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="OpenSSH allowed_signers file the bundle must satisfy before it is written.",
+@trust_options(
+    trust_help="OpenSSH allowed_signers file the bundle must satisfy before it is written.",
+    threshold_help="Distinct trusted keys that must have signed (m of n).",
 )
-@click.option(
-    "--threshold",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Distinct trusted keys that must have signed (m of n).",
-)
-@click.option("--json", "json_output", is_flag=True, help="Print one JSON document on stdout.")
+@json_option
 @handle_errors
 def tar(bundle: Path, to: Path, trust_file: Path, threshold: int, json_output: bool) -> None:
     """Verify BUNDLE, then write it as one uncompressed tar (the single-file form).
@@ -151,21 +147,11 @@ def tar(bundle: Path, to: Path, trust_file: Path, threshold: int, json_output: b
     type=click.Path(path_type=Path, file_okay=False),
     help="The medium (or any folder): the bundle goes into its gapferry/ folder.",
 )
-@click.option(
-    "--trust",
-    "trust_file",
-    required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="OpenSSH allowed_signers file the bundle must satisfy before it is kept.",
+@trust_options(
+    trust_help="OpenSSH allowed_signers file the bundle must satisfy before it is kept.",
+    threshold_help="Distinct trusted keys that must have signed (m of n).",
 )
-@click.option(
-    "--threshold",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Distinct trusted keys that must have signed (m of n).",
-)
-@click.option("--json", "json_output", is_flag=True, help="Print one JSON document on stdout.")
+@json_option
 @handle_errors
 def untar(tar_file: Path, to: Path, trust_file: Path, threshold: int, json_output: bool) -> None:
     """Unpack the single-file form of a bundle onto a medium, verified, for apply or ingest.

@@ -187,6 +187,7 @@ def _store_artifact(
     max_file_size: int,
     stored: _Stored,
     progress: Progress | None,
+    verify_progress: Progress | None,
 ) -> ArtifactEntry:
     """Store one artifact under its content hash, whole or in parts; resume what is there."""
     if src.sha256 is None or src.size is None:
@@ -197,9 +198,16 @@ def _store_artifact(
     whole = artifact_path(sha)
     if size <= max_file_size:
         dst = target / whole
-        if not is_verified(dst, sha256=sha, size=size):
+        if not is_verified(dst, sha256=sha, size=size, progress=verify_progress):
             with Path(src.path).open("rb", buffering=0) as f:
-                copy_to_medium(f, dst, size=size, sha256=sha, progress=progress)
+                copy_to_medium(
+                    f,
+                    dst,
+                    size=size,
+                    sha256=sha,
+                    progress=progress,
+                    verify_progress=verify_progress,
+                )
         stored.files[whole] = FileEntry(path=whole, size=size, sha256=sha)
         return ArtifactEntry(sha256=sha, size=size, name=src.name, path=whole, parts=[])
     count = -(-size // max_file_size)
@@ -222,6 +230,7 @@ def _store_artifact(
                 dst,
                 size=length,
                 progress=progress,
+                verify_progress=verify_progress,
             )
             parts.append(FileEntry(path=rel, size=length, sha256=result.sha256))
     finally:
@@ -314,12 +323,15 @@ def write_transfer_bundle(
     max_file_size: int = FAT32_MAX_FILE_SIZE,
     limits: Limits = DEFAULT_LIMITS,
     progress: Progress | None = None,
+    verify_progress: Progress | None = None,
 ) -> Path:
     """Write a signed transfer bundle under ``<media_root>/gapferry/`` and return its folder.
 
     Each distinct artifact is stored once by content hash; artifacts larger than
     `max_file_size` (default 4 GiB - 1, FAT32's limit, so the bundle stays portable) are split.
-    Pass the same `bundle_id` to resume an interrupted write.
+    Every file is read back from the medium (page cache dropped) and checked before the
+    completion marker is written; `progress` counts bytes written, `verify_progress` bytes read
+    back. Pass the same `bundle_id` to resume an interrupted write.
 
     Raises:
         UsageProblem: ``bundle-exists``, ``unsigned``, ``naive-time``, ``bad-bundle-name``.
@@ -360,7 +372,12 @@ def write_transfer_bundle(
     entries: dict[Path, ArtifactEntry] = {}
     for path, src in sources.items():
         entries[path] = _store_artifact(
-            target, src, max_file_size=max_file_size, stored=stored, progress=progress
+            target,
+            src,
+            max_file_size=max_file_size,
+            stored=stored,
+            progress=progress,
+            verify_progress=verify_progress,
         )
     _remove_strays(target / ARTIFACTS_DIR, set(stored.files), ARTIFACTS_DIR)
     artifacts = {e.sha256: e for e in entries.values()}

@@ -92,7 +92,9 @@ def verify_file(path: Path, *, sha256: str, size: int, progress: Progress | None
                 )
 
         with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-            if size >= OVERLAP_MIN:  # the next chunk is read while this one is hashed
+            # The next chunk is read while this one is hashed. No WILLNEED prefetch here: on the
+            # benchmark's stick it made the read-back right after writing slower (ADR 0034).
+            if size >= OVERLAP_MIN:
                 got = pump(f, [h.update], check=too_long, progress=progress)
             else:
                 got = 0

@@ -8,10 +8,13 @@ The per-file step of the bundle writer (issue 8; bundle_spec/SPEC.md "Writing or
    for the file system become `EnvironmentFailure` with a remedy, and no temporary file is left.
 2. After an interruption (stick pulled, process killed, power cut), `discard_partials` removes
    ``.*.part`` leftovers and `is_verified` tells which final files are already complete on the
-   medium, so `copy_to_medium(..., resume=True)` skips them instead of writing them again.
+   medium, so the bundle writer skips them instead of writing them again.
 
 The copy itself is `copy_hashed` (crash-safe, one pass); `atomic_open` under it tolerates FAT's
 inability to store a file mode for public files (ADR 0032), so the same code writes to FAT32 sticks.
+Large files go through `gapferry.common.digest.pump` (reading, hashing and writing overlap in
+three threads) with `paced_writer` (write-behind: the stick writes while the copy goes on, dirty
+pages stay few); the read-back reads ahead of its hash (ADR 0034).
 """
 
 from __future__ import annotations

@@ -127,7 +127,11 @@ def preauth(
 def auth(
     site_file: Path, device_name: str | None, state_dir: Path | None, json_output: bool
 ) -> None:
-    """Authenticate as each device (signed auth request); the token is never stored or shown.
+    """Authenticate as each device (signed auth request); the token is never shown.
+
+    Beside an unencrypted device key the token is kept (mode 0600, in the state folder's key
+    store) for later commands of the same server, identity and key, until shortly before it
+    expires; it is never written to the ledger, logs or output.
 
     \b
     Example:

@@ -6,6 +6,9 @@
   signature in ``X-MEN-Signature``. The answer is the raw JWT (``application/jwt``), not JSON.
 - The JWT is cached with its ``exp`` and renewed `renew_margin` seconds before it expires, and once
   when the server answers 401 (an expired token gets a bare 401, section 0 "DA token verify").
+  A token from an earlier command may be passed in (`token`); each new one goes to `on_token`
+  (the session persists it beside the key, ADR 0045). The private key is loaded only when a
+  token must be obtained (`key` may be a loader).
 - ``/next`` (section 3) is POSTed with bytes the caller keeps: repeating it with different data
   fails the deployment, so the ledger stores the first body and `next_deployment` re-sends exactly
   those bytes.
@@ -143,16 +146,26 @@ class DeviceApi:
         http: MenderHttp,
         *,
         identity: dict[str, str],
-        key: DeviceKey,
+        key: DeviceKey | Callable[[], DeviceKey],
+        name: str | None = None,
         tenant_token: str | None = None,
         clock: Callable[[], float] = time.time,
         renew_margin: float = 300.0,
         allowed_download_hosts: frozenset[str] = frozenset(),
         token: str | None = None,
+        on_token: Callable[[str], None] | None = None,
     ) -> None:
         self.http = http
         self.identity = identity
-        self.key = key
+        self._key: DeviceKey | None = None
+        self._load_key: Callable[[], DeviceKey]
+        if isinstance(key, DeviceKey):
+            self._key, self._load_key, self.name = key, lambda: key, key.name
+        elif name is None:
+            raise TypeError("a key loader needs the device name")
+        else:
+            self._load_key, self.name = key, name
+        self._on_token = on_token
         self.tenant_token = tenant_token or ""
         self.clock = clock
         self.renew_margin = renew_margin
@@ -162,10 +175,24 @@ class DeviceApi:
         self._exp: float = 0.0
         self.device_id: str | None = None
         if token:
-            self._adopt(token)
+            try:
+                self._adopt(token)
+            except InvalidData:
+                self._token = None  # a damaged cached token is not used: authenticate instead
 
     def __repr__(self) -> str:
-        return f"DeviceApi(device={self.key.name!r})"
+        return f"DeviceApi(device={self.name!r})"
+
+    @property
+    def key(self) -> DeviceKey:
+        """The device's private key, loaded on first use.
+
+        Raises:
+            GapferryError: whatever the loader raises (missing key, wrong passphrase).
+        """
+        if self._key is None:
+            self._key = self._load_key()
+        return self._key
 
     def _adopt(self, token: str) -> None:
         claims = _jwt_claims(token)
@@ -202,10 +229,10 @@ class DeviceApi:
             idempotent=True,
             headers={"Content-Type": "application/json", "X-MEN-Signature": sig},
             content=body,
-            what=f"authenticate device {self.key.name}",
+            what=f"authenticate device {self.name}",
         )
         if resp.status_code == 401:
-            err = error_for(resp, what=f"authenticate device {self.key.name}")
+            err = error_for(resp, what=f"authenticate device {self.name}")
             raise MenderAuthRejected(
                 err.message,
                 remedy="preauthorize the device (`gapferry device preauth`) or accept it in the UI",
@@ -216,9 +243,11 @@ class DeviceApi:
                 path=AUTH_PATH,
             )
         if resp.status_code != 200:
-            raise error_for(resp, what=f"authenticate device {self.key.name}")
+            raise error_for(resp, what=f"authenticate device {self.name}")
         token = resp.text.strip()
         self._adopt(token)
+        if self._on_token is not None:
+            self._on_token(token)
         return token
 
     def token(self, *, force: bool = False) -> str:
@@ -261,7 +290,7 @@ class DeviceApi:
 
     def put_inventory(self, attributes: list[dict[str, Any]], *, replace: bool = False) -> None:
         """Report inventory (phase 4): PATCH upserts; PUT (replace) drops other attributes."""
-        what = f"report inventory of {self.key.name}"
+        what = f"report inventory of {self.name}"
         resp = self._call(
             "PUT" if replace else "PATCH",
             INVENTORY_PATH,
@@ -279,7 +308,7 @@ class DeviceApi:
             MenderConflict: 409, the body differs from the first poll of an active deployment
                 (the server has now failed that deployment for this device).
         """
-        what = f"poll /next for {self.key.name}"
+        what = f"poll /next for {self.name}"
         resp = self._call("POST", f"{DEPLOYMENTS}/next", idempotent=True, content=body, what=what)
         if resp.status_code == 204:
             return None
@@ -309,7 +338,7 @@ class DeviceApi:
         body: dict[str, str] = {"status": status}
         if substate:
             body["substate"] = substate[:200]
-        what = f"report {status!r} for {self.key.name} in deployment {deployment_id}"
+        what = f"report {status!r} for {self.name} in deployment {deployment_id}"
         resp = self._call(
             "PUT",
             f"{DEPLOYMENTS}/{deployment_id}/status",
@@ -322,7 +351,7 @@ class DeviceApi:
 
     def put_log(self, deployment_id: str, messages: list[dict[str, str]]) -> None:
         """Upload the deployment log (replaces an earlier one, so repeating is safe)."""
-        what = f"upload the log of {self.key.name} for deployment {deployment_id}"
+        what = f"upload the log of {self.name} for deployment {deployment_id}"
         resp = self._call(
             "PUT",
             f"{DEPLOYMENTS}/{deployment_id}/log",

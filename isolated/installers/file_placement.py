@@ -33,6 +33,7 @@ from gapferry.common.artifact.reader import read_artifact
 from gapferry.common.digest import sha256_stream
 from gapferry.common.errors import EnvironmentFailure, InvalidData
 from gapferry.isolated.installers.base import InstallJob
+from gapferry.isolated.installers.bounded import run_bounded
 from gapferry.isolated.report import DeviceReport
 
 __all__ = ["FileInstaller"]
@@ -100,13 +101,7 @@ class FileInstaller:
             if check:
                 env = dict(os.environ, GAPFERRY_ROOT=str(root))
                 try:
-                    p = subprocess.run(
-                        ["/bin/sh", "-c", check],
-                        capture_output=True,
-                        timeout=_CHECK_TIMEOUT,
-                        check=False,
-                        env=env,
-                    )
+                    p = run_bounded(["/bin/sh", "-c", check], timeout=_CHECK_TIMEOUT, env=env)
                     rc, out = p.returncode, (p.stdout + p.stderr).decode("utf-8", "replace")
                 except subprocess.TimeoutExpired:
                     rc, out = -1, f"timed out after {_CHECK_TIMEOUT} s"

@@ -36,6 +36,7 @@ from gapferry.common.artifact.compat import check_compatible
 from gapferry.common.artifact.extract import Placement, Stager, apply_placement, plan_placement
 from gapferry.common.errors import EnvironmentFailure, InvalidData
 from gapferry.isolated.installers.base import InstallJob
+from gapferry.isolated.installers.bounded import run_bounded
 
 # The file method's second, checked read of the artifact (shared on purpose; see ADR 0054).
 from gapferry.isolated.installers.file_placement import _stage as stage_artifact
@@ -515,13 +516,7 @@ class _Run:
                 GAPFERRY_USER=t.user or "",
             )
             try:
-                p = subprocess.run(
-                    ["/bin/sh", "-c", check],
-                    capture_output=True,
-                    timeout=_CHECK_TIMEOUT,
-                    check=False,
-                    env=env,
-                )
+                p = run_bounded(["/bin/sh", "-c", check], timeout=_CHECK_TIMEOUT, env=env)
                 rc, out = (
                     p.returncode,
                     (p.stdout + p.stderr)[-64 * 1024 :].decode("utf-8", "replace"),

@@ -67,16 +67,18 @@ echo @@gapferry:boot_id; cat /proc/sys/kernel/random/boot_id 2>/dev/null; echo
 echo @@gapferry:end
 """
 
-#: Waits (at most ~60 s) until no ``mender ... install`` runs on the device: after a lost
-#: connection the install may still be reading what was sent, or cleaning up; the probe must see
-#: the state it ends in. ("mender" is assembled at run time so the script never matches itself.)
+#: Waits (at most ~60 s) until no install of ours (``mender --no-syslog install
+#: --reboot-exit-code``, in this mount namespace) runs on the device: after a lost connection it
+#: may still be reading what was sent, or cleaning up; the probe must see the state it ends in.
+#: ("mender" is assembled at run time so the script never matches itself.)
 _WAIT_NO_INSTALL = r"""
-m=mend; m="${m}er"; n=0
+m=mend; m="${m}er"; n=0; ns=$(readlink /proc/self/ns/mnt)
 while [ $n -lt 300 ]; do
   busy=
   for p in /proc/[0-9]*; do
     case "$(tr '\000' ' ' < "$p/cmdline" 2>/dev/null)" in
-      *"$m "*" install "*) busy=1; break ;;
+      *"$m --no-syslog install --reboot-exit-code "*)
+        if [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ]; then busy=1; break; fi ;;
     esac
   done
   [ -z "$busy" ] && exit 0

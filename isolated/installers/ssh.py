@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import shlex
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import IO
 from gapferry.common.digest import CHUNK, Readable
 from gapferry.common.errors import EnvironmentFailure
 from gapferry.isolated.devices import DeviceTarget
+from gapferry.isolated.installers.bounded import Tail, run_bounded
 
 __all__ = ["HOLD_BACK", "Remote", "SshFailure", "SshSession", "classify_ssh_error", "ssh_options"]
 
@@ -32,9 +32,6 @@ __all__ = ["HOLD_BACK", "Remote", "SshFailure", "SshSession", "classify_ssh_erro
 #: sha256: if the medium's bytes changed after verification, the device never receives a complete
 #: artifact (the last payload bytes are missing, so the client's reader fails).
 HOLD_BACK = 1024 * 1024
-
-#: Bytes of a command's stdout / stderr kept (the tail; earlier output is dropped).
-OUTPUT_TAIL = 256 * 1024
 
 
 class SshFailure(EnvironmentFailure):
@@ -117,33 +114,6 @@ def ssh_options(target: DeviceTarget, *, control_path: Path) -> list[str]:
     return argv
 
 
-class _Tail:
-    """Reads a pipe to its end in a thread, keeping the last `limit` bytes."""
-
-    def __init__(self, pipe: IO[bytes], limit: int = OUTPUT_TAIL) -> None:
-        self._pipe = pipe
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._size = 0
-        self._limit = limit
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while data := self._pipe.read1(65536):  # type: ignore[attr-defined]
-            self._chunks.append(data)
-            self._size += len(data)
-            while self._size - len(self._chunks[0]) >= self._limit:
-                self._size -= len(self._chunks.popleft())
-
-    def value(self, timeout: float = 10) -> bytes:
-        """The kept output, once the pipe is at its end (or after `timeout`); closes the pipe."""
-        self._thread.join(timeout)
-        data = b"".join(self._chunks)
-        if not self._thread.is_alive():
-            self._pipe.close()
-        return data[-self._limit :]
-
-
 class SshSession:
     """Commands on one device over one multiplexed SSH connection."""
 
@@ -187,12 +157,10 @@ class SshSession:
             SshFailure: ssh failed (exit 255) or the command ran past `timeout`.
         """
         try:
-            p = subprocess.run(
+            p = run_bounded(
                 self.argv(command),
-                input=input_bytes if input_bytes is not None else b"",
-                capture_output=True,
+                input_bytes=input_bytes if input_bytes is not None else b"",
                 timeout=timeout,
-                check=False,
             )
         except subprocess.TimeoutExpired as e:
             raise SshFailure(
@@ -202,9 +170,7 @@ class SshSession:
             ) from e
         self._opened = True
         self._raise_if_ssh_failed(p.returncode, p.stderr)
-        return Remote(
-            rc=p.returncode, stdout=p.stdout[-OUTPUT_TAIL:], stderr=p.stderr[-OUTPUT_TAIL:]
-        )
+        return Remote(rc=p.returncode, stdout=p.stdout, stderr=p.stderr)
 
     def run_argv(self, argv: list[str], *, timeout: float = 120) -> Remote:
         return self.run(shlex.join(argv), timeout=timeout)
@@ -242,7 +208,7 @@ class SshSession:
         assert proc.stdin is not None  # noqa: S101
         assert proc.stdout is not None  # noqa: S101
         assert proc.stderr is not None  # noqa: S101
-        out, err = _Tail(proc.stdout), _Tail(proc.stderr)
+        out, err = Tail(proc.stdout), Tail(proc.stderr)
         deadline = time.monotonic() + timeout
         held: collections.deque[bytes] = collections.deque()
         held_size = 0

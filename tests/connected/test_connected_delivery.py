@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from gapferry.connected.ledger import Ledger
+from gapferry.connected.pack import pack
 from gapferry.fixtures.connected_world import World
 
 DEVICES = 7
@@ -199,3 +200,71 @@ def test_a_device_whose_key_is_missing_does_not_hold_up_the_others(tmp_path: Pat
         _assert_each_device_once_in_order(w, dep_id, 3)
     finally:
         w.close()
+
+
+def test_pack_marks_each_downloading_report_in_the_commit_that_owes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ADR 0045: with the artifact at hand, poll record, `downloading` owed and `attempted` go in
+    one durable commit before the call; every status PUT of pack still finds its entry marked."""
+    w = World(tmp_path, devices=DEVICES)
+    try:
+        w.release()
+        ledger_file = w.state / "ledger.sqlite"
+        inner = w.sim.handler
+        unmarked: list[str] = []
+
+        def checking(request: httpx.Request) -> httpx.Response:
+            if request.method == "PUT" and request.url.path.endswith("/status"):
+                wanted = json.loads(request.content)
+                with contextlib.closing(sqlite3.connect(ledger_file)) as db:
+                    rows = db.execute(
+                        "SELECT payload FROM outbox WHERE state = 'pending' AND attempted = 1"
+                    ).fetchall()
+                if not any(json.loads(r[0]) == wanted for r in rows):
+                    unmarked.append(f"{request.url.path} {wanted}")
+            return inner(request)
+
+        commits: list[int] = []
+        real_tx = Ledger.tx
+
+        @contextlib.contextmanager
+        def counting_tx(self: Ledger, *, durable: bool = True) -> Iterator[sqlite3.Cursor]:
+            with real_tx(self, durable=durable) as c:
+                yield c
+            if durable:
+                commits.append(1)
+
+        monkeypatch.setattr(Ledger, "tx", counting_tx)
+        w.handler = checking
+        with w.session(concurrency=1) as s:  # one device after another: a countable sequence
+            packed = pack(s, w.site, media=w.media, signer=w.signer)
+        assert packed.ok, packed
+        assert unmarked == []
+        per = _per_device(w, packed.rows[0].deployment_id or "")
+        assert list(per.values()) == [["downloading", "installing"]] * DEVICES
+        assert w.sim.strict_violations == []
+        # Per device: `downloading` owed (with the poll, but for the first device, which
+        # downloads the artifact: poll and artifact recorded before) and sent, `installing`
+        # marked (its wave: one device) and sent. Plus the opening commit and the bundle
+        # (reserved with its items in one commit, then issued). ADR 0045 removed per device the unchanged device upsert,
+        # the poll's own commit (artifact at hand) and the `downloading` wave.
+        assert len(commits) == DEVICES * 4 + 2 + 1 + 2
+    finally:
+        w.close()
+
+
+def test_a_bundle_reserved_without_items_by_a_killed_pack_does_not_block_the_next(
+    world: World,
+) -> None:
+    """Found by the crash trials: a kill between reserving the bundle and recording its items
+    left a `writing` bundle with nothing in it, and every later pack failed (`no-devices`)."""
+    world.release()
+    with world.session() as s:
+        s.ledger.reserve_bundle(site=world.site.name, bundle_id="killed", path=str(world.media))
+    packed = world.pack()
+    assert packed.ok, packed
+    assert packed.bundle_seq == 2
+    with world.session() as s:
+        assert s.ledger.bundle("killed") is not None
+        assert [b.state for b in s.ledger.bundles(site=world.site.name)] == ["abandoned", "issued"]

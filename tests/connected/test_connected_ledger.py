@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
 import pytest
-from gapferry.connected.ledger import Ledger
+from gapferry.connected.ledger import JOURNAL_BATCH, Ledger
 
 
 def test_journal_is_append_only_and_keeps_no_query(tmp_path: Path) -> None:
@@ -103,3 +104,36 @@ def test_first_next_request_bytes_are_kept(tmp_path: Path) -> None:
         active = led.active_deployment("s", "d")
         assert active is not None
         assert active.state == "polled"
+
+
+def test_journal_rows_go_in_with_the_next_transaction_and_at_close(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+
+    def committed() -> list[str]:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            return [r[0] for r in db.execute("SELECT request_id FROM journal ORDER BY id")]
+
+    led = Ledger(path, command="test")
+    led.journal(method="PUT", path="/a", status=204, request_id="r1", note="")
+    assert committed() == []  # waits for the ledger's next transaction (ADR 0045)
+    with led.tx() as c:
+        led.enqueue(
+            c, site="s", device="d", deployment_id="x", kind="status", payload={}, origin="o"
+        )
+    assert committed() == ["r1"]  # committed with it, no later than the state change
+    led.journal(method="PUT", path="/b", status=204, request_id="r2", note="")
+    with pytest.raises(RuntimeError), led.tx():
+        raise RuntimeError("rolled back")
+    assert committed() == ["r1"]  # a rolled-back transaction keeps the row waiting
+    led.journal(method="PUT", path="/c", status=204, request_id="r3", note="")
+    led.close()
+    assert committed() == ["r1", "r2", "r3"]  # in call order
+
+
+def test_journal_rows_never_wait_in_memory_without_bound(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.sqlite") as led:
+        for i in range(JOURNAL_BATCH):
+            led.journal(method="GET", path="/a", status=200, request_id=str(i), note="")
+        with contextlib.closing(sqlite3.connect(tmp_path / "l.sqlite")) as db:
+            (n,) = db.execute("SELECT count(*) FROM journal").fetchone()
+        assert n == JOURNAL_BATCH

@@ -175,6 +175,12 @@ def test_dry_run_changes_nothing(site: Site, keys: Keys) -> None:
     assert r.exit_code == 0, r.output
     assert "will install" in r.stdout
     assert "Nothing was changed" in r.stdout
+    # What was verified, and where each device will be reached.
+    assert (
+        "Verified: 1 trusted signature(s) (needed: 1); packed by operator@example.org" in r.stdout
+    )
+    assert "TARGET" in r.stdout
+    assert str(site.roots["plc-1"]) in r.stdout
     assert site.placed() == []
     assert site.results() == []
     with AppliedRecord(site.state) as rec:
@@ -253,25 +259,25 @@ def test_human_output_has_table_and_next_steps(site: Site, keys: Keys) -> None:
 def test_result_not_written_exits_4_and_the_same_bundle_writes_it_later(
     site: Site, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gapferry.isolated.apply as applying
+    from gapferry.common.bundle import write_result_bundle
     from gapferry.common.errors import EnvironmentFailure
 
     make_transfer(site.media, keys, site.plans())
-    real = applying.write_result_bundle
+    where = "gapferry.isolated.apply.write_result_bundle"
 
     def medium_full(*args: object, **kwargs: object) -> Path:
         raise EnvironmentFailure(
             "no space left on the medium", remedy="free space", code="media-write"
         )
 
-    monkeypatch.setattr(applying, "write_result_bundle", medium_full)
+    monkeypatch.setattr(where, medium_full)
     r = run_apply(site.media, keys, site.devices, site.state)
     assert r.exit_code == 4, r.output
     assert json.loads(r.stdout)["error"]["code"] == "media-write"
     assert site.placed() == ["plc-1", "plc-2"]
     assert site.results() == []
     # The reports are in the local record: the same bundle again writes them, installs nothing.
-    monkeypatch.setattr(applying, "write_result_bundle", real)
+    monkeypatch.setattr(where, write_result_bundle)
     for root in site.roots.values():
         (root / "etc/plant/app.conf").write_bytes(b"edited\n")
     r = run_apply(site.media, keys, site.devices, site.state)

@@ -4,6 +4,8 @@ the installer registry, and the SSH stream's hold-back (against a real sshd)."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from gapferry.fixtures.device import (
 )
 from gapferry.isolated.devices import load_devices_file
 from gapferry.isolated.installers.base import get_installer, register_installer
+from gapferry.isolated.installers.bounded import run_bounded
 from gapferry.isolated.installers.mender_ssh import parse_inventory, parse_probe
 from gapferry.isolated.installers.ssh import HOLD_BACK, SshSession
 from gapferry.isolated.record import AppliedRecord, default_state_path
@@ -277,3 +280,26 @@ def test_tempfile_transfer_checks_sha256_on_the_device(
         [rd] = result.result.manifest.devices
         assert rd.outcome == d["outcome"]
         assert rd.reason == d["reason"]
+
+
+def test_run_bounded_keeps_only_the_tail_of_a_flood() -> None:
+    """A chatty or hostile program's output is read as a stream and capped (issue 10, "endless
+    data"): 8 MiB on stdout and on stderr, of which only the last `limit` bytes are kept."""
+    flood = (
+        "import sys; sys.stdin.read();"
+        "[sys.stdout.write('x' * 1023 + '\\n') for _ in range(8192)];"
+        "sys.stdout.write('END-OUT');"
+        "[sys.stderr.write('y' * 1023 + '\\n') for _ in range(8192)];"
+        "sys.stderr.write('END-ERR'); sys.exit(3)"
+    )
+    done = run_bounded([sys.executable, "-c", flood], timeout=60, input_bytes=b"in", limit=4096)
+    assert done.returncode == 3
+    assert len(done.stdout) == 4096
+    assert done.stdout.endswith(b"END-OUT")
+    assert len(done.stderr) == 4096
+    assert done.stderr.endswith(b"END-ERR")
+
+
+def test_run_bounded_kills_a_program_past_its_timeout() -> None:
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_bounded(["sleep", "30"], timeout=0.5)

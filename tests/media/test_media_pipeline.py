@@ -7,7 +7,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import itertools
 import os
+import signal
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +25,7 @@ from gapferry.common.bundle.read import open_bundle
 from gapferry.common.bundle.steps import check_listing
 from gapferry.common.digest import (
     OVERLAP_MIN,
+    READAHEAD,
     CopyResult,
     Readable,
     copy_hashed,
@@ -31,7 +36,12 @@ from gapferry.common.errors import EnvironmentFailure, InvalidData
 from gapferry.common.limits import DEFAULT_LIMITS
 from gapferry.common.media import write as media_write
 from gapferry.common.media.readback import ReadbackMismatch, verify_file
-from gapferry.common.media.write import copy_to_medium, is_verified, paced_writer
+from gapferry.common.media.write import (
+    copy_to_medium,
+    discard_partials,
+    is_verified,
+    paced_writer,
+)
 from gapferry.common.streams import RangeReader, TeeReader
 from gapferry.fixtures.media_mounts import mount_fat32, mount_tmpfs
 from gapferry.fixtures.selfcheck import BundleKeys, make_bundle_keys, make_sample_transfer
@@ -89,6 +99,34 @@ def test_pump_gives_a_tee_readers_hash_its_own_thread_with_the_same_bytes(tmp_pa
     assert n == length
     expected = hashlib.sha256(BIG[offset : offset + length]).hexdigest()
     assert part.hexdigest() == whole.hexdigest() == expected
+
+
+def test_pump_readahead_asks_the_kernel_ahead_of_the_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = tmp_path / "src.bin"
+    f.write_bytes(BIG)
+    asked: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def record(fd: int, offset: int, length: int, advice: int) -> None:
+        if advice == os.POSIX_FADV_WILLNEED:
+            asked.append((offset, offset + length))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", record)
+    h = hashlib.sha256()
+    with f.open("rb", buffering=0) as src:
+        assert pump(src, [h.update], chunk=MIB, readahead=True) == len(BIG)
+    assert h.hexdigest() == BIG_SHA
+    # Contiguous requests, each reaching READAHEAD beyond the read position, from the start.
+    assert asked
+    assert asked[0] == (MIB, MIB + READAHEAD)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(asked))
+    # A source without a file descriptor is read as is.
+    h2 = hashlib.sha256()
+    assert pump(io.BytesIO(BIG), [h2.update], readahead=True) == len(BIG)
+    assert h2.hexdigest() == BIG_SHA
 
 
 def test_pump_raises_a_sinks_oserror_unchanged_and_stops_every_thread() -> None:
@@ -374,7 +412,12 @@ def test_bundle_write_stops_before_the_marker_when_the_medium_garbles_a_file(
 
 
 @pytest.mark.root_mounts
-def test_copy_to_medium_overlapped_on_fat32_writes_and_reads_back(tmp_path: Path) -> None:
+def test_copy_to_medium_overlapped_on_fat32_writes_and_reads_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FAT32 (fusefat): the overlapped copy with write-behind windows of 1 MiB (so that
+    sync_file_range and the page drop run many times on FUSE) writes and reads back right."""
+    monkeypatch.setattr(media_write, "WRITE_BEHIND", MIB)
     with mount_fat32(tmp_path, size_mb=40) as m:
         target = m.path / "BIG.BIN"
         res = copy_to_medium(io.BytesIO(BIG), target, size=len(BIG), sha256=BIG_SHA)
@@ -382,3 +425,42 @@ def test_copy_to_medium_overlapped_on_fat32_writes_and_reads_back(tmp_path: Path
         assert is_verified(target, sha256=BIG_SHA, size=len(BIG))
         assert not temp_name_for(target).exists()
         assert target.read_bytes() == BIG
+
+
+_KILLED_CHILD = """
+import io, os, signal, sys
+from pathlib import Path
+from gapferry.common.media.write import copy_to_medium
+data = Path(sys.argv[1]).read_bytes()
+kill_after = int(sys.argv[3])
+done = 0
+def progress(n):
+    global done
+    done += n
+    if done >= kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
+copy_to_medium(io.BytesIO(data), Path(sys.argv[2]), size=len(data), progress=progress)
+"""
+
+
+@pytest.mark.parametrize("kill_after", [1, 5 * MIB, len(BIG)])
+def test_overlapped_write_killed_then_resumed(tmp_path: Path, kill_after: int) -> None:
+    """SIGKILL while the three threads copy (or just before the rename): what is left is only a
+    ``.part`` the writer discards; running again writes the file whole and it reads back."""
+    src = tmp_path / "src.bin"
+    src.write_bytes(BIG)
+    medium = tmp_path / "medium"
+    medium.mkdir()
+    target = medium / "big.bin"
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED_CHILD, str(src), str(target), str(kill_after)],
+        check=False,
+        capture_output=True,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert not target.exists()
+    assert discard_partials(medium) == [temp_name_for(target)]
+    res = copy_to_medium(io.BytesIO(BIG), target, size=len(BIG), sha256=BIG_SHA)
+    assert res.sha256 == BIG_SHA
+    assert is_verified(target, sha256=BIG_SHA, size=len(BIG))
+    assert sorted(p.name for p in medium.iterdir()) == ["big.bin"]
