@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path
 
 import pytest
-from gapferry.fixtures.artifacts import directory_payload, mender_artifact_write
+from gapferry.fixtures.artifacts import (
+    directory_payload,
+    escaping_directory_artifact,
+    mender_artifact_write,
+)
 from gapferry.fixtures.device import (
     DevicePlan,
     Keys,
@@ -106,22 +109,7 @@ def test_failed_check_restores_the_previous_folder(tmp_path: Path, keys: Keys) -
 
 def test_hostile_update_tar_refused_before_placing(tmp_path: Path, keys: Keys) -> None:
     root = _device_root(tmp_path)
-    payload = tmp_path / "evil-payload"
-    payload.mkdir()
-    with tarfile.open(payload / "update.tar", "w") as t:
-        info = tarfile.TarInfo("../../escape.txt")
-        info.size = 4
-        import io
-
-        t.addfile(info, io.BytesIO(b"evil"))
-    (payload / "dest_dir").write_text("/opt/app\n")
-    art = mender_artifact_write(
-        tmp_path / "evil.mender",
-        name="evil",
-        payload_type="directory",
-        files=[payload / "update.tar", payload / "dest_dir"],
-        key=keys.artifact,
-    )
+    art = escaping_directory_artifact(tmp_path, keys.artifact)
     media = tmp_path / "media"
     make_transfer(media, keys, [DevicePlan(name="hmi-1", artifact=art, artifact_name="evil")])
     devices = write_devices_file(

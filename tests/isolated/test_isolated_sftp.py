@@ -4,9 +4,7 @@ the real test device (``sshd`` on loopback, OpenSSH's ``sftp-server``)."""
 from __future__ import annotations
 
 import contextlib
-import io
 import os
-import tarfile
 import threading
 import time
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytest
 from gapferry.common.errors import InvalidData
 from gapferry.fixtures.artifacts import (
     directory_payload,
+    escaping_directory_artifact,
     mender_artifact_write,
     single_file_payload,
 )
@@ -332,20 +331,7 @@ def test_unknown_host_key_refused_before_upload(tmp_path: Path, keys: Keys) -> N
 def test_hostile_update_tar_refused_before_any_connection(tmp_path: Path, keys: Keys) -> None:
     root = _device_root(tmp_path)
     before = _tree(root)
-    payload = tmp_path / "evil-payload"
-    payload.mkdir()
-    with tarfile.open(payload / "update.tar", "w") as t:
-        info = tarfile.TarInfo("../../escape.txt")
-        info.size = 4
-        t.addfile(info, io.BytesIO(b"evil"))
-    (payload / "dest_dir").write_text("/opt/app\n")
-    art = mender_artifact_write(
-        tmp_path / "evil.mender",
-        name="evil",
-        payload_type="directory",
-        files=[payload / "update.tar", payload / "dest_dir"],
-        key=keys.artifact,
-    )
+    art = escaping_directory_artifact(tmp_path, keys.artifact)
     media = tmp_path / "media"
     make_transfer(media, keys, [DevicePlan(name="hmi-1", artifact=art, artifact_name="evil")])
     with running_device(tmp_path) as dev:
