@@ -6,11 +6,10 @@ Each operation runs in its own process, so the parent can measure its wall time 
     python bench/worker.py pack '{"media": ..., "key": ..., "sources": [[path, sha256, size], ...]}'
     python bench/worker.py apply '{"work": ..., "gapferry": ..., "size": ..., "runs": 3}'
     python bench/worker.py fleet '{"work": ..., "gapferry": ..., "devices": 1000, "seeds": 50}'
-    python bench/worker.py cli-patched pack|ingest ARGS...   # prototype, see cli_patched
 
-`cli-patched` is a prototype of proposed changes to code other people own; it lives here only to
-measure what the change would give. (The earlier `copy-overlapped` and `verify-parallel`
-prototypes became the product: `gapferry.common.digest.pump`, ADR 0034.)
+The earlier prototypes measured here became the product: `copy-overlapped` and `verify-parallel`
+are `gapferry.common.digest.pump` (ADR 0034); `cli-patched`'s one name lookup per deployment and
+concurrent ingest delivery are in `connected/pack.py` and `connected/outbox.py` (ADR 0044).
 
 Not a test and not part of the product: nothing here is imported by gapferry.
 """
@@ -23,7 +22,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +167,12 @@ def _tally(records: list[Any]) -> dict[str, Any]:
     return {"total": len(records), "errors": bad, "by_endpoint": dict(sorted(by.items()))}
 
 
+def _json_doc(text: str) -> Any:
+    """The JSON document a command printed (py-spy, when sampling, prints lines of its own)."""
+    start = text.find("{")
+    return json.JSONDecoder().raw_decode(text, max(start, 0))[0]
+
+
 def _timed_child(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> dict[str, Any]:
     import subprocess
     import tempfile
@@ -184,7 +188,12 @@ def _timed_child(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -
         text, etext = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     if p.returncode != 0:
         raise RuntimeError(f"{cmd[:2]} exit {p.returncode}: {etext[-1500:]} {text[-1500:]}")
-    return {"seconds": seconds, "maxrss": usage.ru_maxrss * 1024, "stdout": text}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "maxrss": usage.ru_maxrss * 1024,
+        "stdout": text,
+    }
 
 
 def op_fleet(args: dict[str, Any]) -> dict[str, Any]:
@@ -202,9 +211,26 @@ def op_fleet(args: dict[str, Any]) -> dict[str, Any]:
     profile = args.get("profile")
 
     def gapferry(cmd: str) -> list[str]:
-        """The real CLI; under cProfile (one .prof per command) when asked to profile."""
-        if args.get("patched"):
-            return [sys.executable, __file__, "cli-patched", cmd]
+        """The real CLI; when asked to profile, under cProfile (the main thread only, one .prof
+        per command) or `py-spy` (all threads, collapsed stacks, one .txt per command run;
+        sampler "py-spy-gil": only the thread holding the GIL, i.e. where the CPU goes)."""
+        sampler = args.get("sampler", "")
+        if profile and sampler.startswith("py-spy"):
+            out = f"{profile}/{cmd}-{time.monotonic_ns()}.txt"
+            return [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                *(["--gil"] if sampler == "py-spy-gil" else []),
+                "-r",
+                "200",
+                "-f",
+                "raw",
+                "-o",
+                out,
+                "--",
+                args["gapferry"],
+                cmd,
+            ]
         if profile:
             return [
                 sys.executable,
@@ -268,39 +294,52 @@ def op_fleet(args: dict[str, Any]) -> dict[str, Any]:
             GAPFERRY_STATE=str(world.state),
         )
         env.pop("MENDER_TENANT_TOKEN", None)
-        mark = len(sim.requests)
-        pack = _timed_child(
-            [
-                *gapferry("pack"),
-                "--site",
-                str(world.site_file),
-                "--to",
-                str(world.media),
-                "--sign",
-                str(world.packer_key.private),
-                "--json",
-            ],
-            env,
-        )
-        doc = json.loads(pack.pop("stdout"))
-        pack["ok"] = doc["ok"]
-        pack["packed"] = sum(1 for r in doc["results"] if r["action"] == "packed")
-        pack["requests"] = _tally(sim.requests[mark:])
-        pack["server_seconds"] = dict(served)
-        served.clear()
-        out["pack"] = pack
-        world.write_result(str(doc["bundle_path"]))
-        mark = len(sim.requests)
-        ingest = _timed_child(
-            [*gapferry("ingest"), str(world.media), "--trust", str(world.appliers), "--json"], env
-        )
-        doc = json.loads(ingest.pop("stdout"))
-        ingest["ok"] = doc["ok"]
-        ingest["reported"] = sum(1 for r in doc["results"] if r.get("action") == "reported")
-        ingest["requests"] = _tally(sim.requests[mark:])
-        ingest["server_seconds"] = dict(served)
-        served.clear()
-        out["ingest"] = ingest
+
+        def cycle(media: Path) -> dict[str, Any]:
+            """`gapferry pack` onto `media`, a result for every device, `gapferry ingest`."""
+            media.mkdir(exist_ok=True)
+            mark = len(sim.requests)
+            pack = _timed_child(
+                [
+                    *gapferry("pack"),
+                    "--site",
+                    str(world.site_file),
+                    "--to",
+                    str(media),
+                    "--sign",
+                    str(world.packer_key.private),
+                    "--json",
+                ],
+                env,
+            )
+            doc = _json_doc(pack.pop("stdout"))
+            pack["ok"] = doc["ok"]
+            pack["packed"] = sum(1 for r in doc["results"] if r["action"] == "packed")
+            pack["requests"] = _tally(sim.requests[mark:])
+            pack["server_seconds"] = dict(served)
+            served.clear()
+            world.write_result(str(doc["bundle_path"]), media=media)
+            mark = len(sim.requests)
+            ingest = _timed_child(
+                [*gapferry("ingest"), str(media), "--trust", str(world.appliers), "--json"], env
+            )
+            doc = _json_doc(ingest.pop("stdout"))
+            ingest["ok"] = doc["ok"]
+            ingest["reported"] = sum(1 for r in doc["results"] if r.get("action") == "reported")
+            ingest["requests"] = _tally(sim.requests[mark:])
+            ingest["server_seconds"] = dict(served)
+            served.clear()
+            return {"pack": pack, "ingest": ingest}
+
+        # The first cycle against this server URL authenticates every device (tokens are cached
+        # per server URL: ADR 0045); the second, for a new release, reuses the cached tokens.
+        out["first"] = cycle(tmp / "media-1")
+        with world.session() as s:
+            release.upload(s, world.make_artifact("fw-1.2"))
+            dep = release.deploy(s, world.site, world.site.devices, artifact_name="fw-1.2")
+            if dep.deployment_id is None:
+                raise RuntimeError(f"second deployment not created: {dep}")
+        out["cached"] = cycle(tmp / "media-2")
         script = tmp / "seeds.sh"
         calls = "\n".join(
             f"seed_device {d.name} {d.identity['mac']}" for d in load_site(seeds_file).devices
@@ -438,7 +477,7 @@ def op_apply(args: dict[str, Any]) -> dict[str, Any]:
                 ],
                 dict(os.environ),
             )
-            doc = json.loads(r.pop("stdout"))
+            doc = _json_doc(r.pop("stdout"))
             r["outcome"] = [d.get("outcome") for d in doc.get("devices", [])]
             if dev.show_artifact() != name:
                 raise RuntimeError(f"apply did not install {name}: {doc}")
@@ -485,58 +524,7 @@ OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-def cli_patched(argv: list[str]) -> int:
-    """The real `gapferry` CLI with two proposed changes applied in memory (bench prototype only):
-
-    - pack: a deployment's name fetched once per deployment, not once per device
-      (`connected/pack.py` `_Packer._items` -> `_deployment_name`, a GET each);
-    - ingest: reports delivered for several devices at once (each device's reports still in
-      order), as pack already does per device, instead of one report after another
-      (`connected/outbox.py` `deliver_pending`).
-    """
-    from gapferry.common.cli import main as cli_main
-    from gapferry.connected import ingest as ingest_mod
-    from gapferry.connected import outbox
-    from gapferry.connected import pack as pack_mod
-
-    names: dict[str, str] = {}
-    lock = __import__("threading").Lock()
-    original_name = pack_mod._Packer._deployment_name
-
-    def cached_name(self: Any, deployment_id: str, fallback: str) -> str:
-        with lock:
-            if deployment_id not in names:
-                names[deployment_id] = original_name(self, deployment_id, fallback)
-            return names[deployment_id]
-
-    setattr(pack_mod._Packer, "_deployment_name", cached_name)  # noqa: B010 - a prototype
-    original_deliver = outbox.deliver_pending
-
-    def deliver_parallel(session: Any, site: str, devices: Any, **kw: Any) -> Any:
-        owed = sorted({e.device for e in session.ledger.pending(site=site)})
-        only = kw.pop("only", None)
-        if only is not None:
-            owed = [d for d in owed if d in only]
-        total = outbox.DeliveryReport()
-        with ThreadPoolExecutor(max_workers=session.concurrency) as pool:
-            parts = pool.map(
-                lambda d: original_deliver(session, site, devices, only={d}, **kw), owed
-            )
-            for r in parts:
-                total.sent += r.sent
-                total.confirmed += r.confirmed
-                total.conflicts += r.conflicts
-                total.failed += r.failed
-        return total
-
-    vars(ingest_mod)["deliver_pending"] = deliver_parallel
-    cli_main(args=argv, prog_name="gapferry")  # exits with the command's status
-    return 0
-
-
 def main(argv: list[str]) -> int:
-    if len(argv) > 1 and argv[1] == "cli-patched":
-        return cli_patched(argv[2:])
     if len(argv) != 3 or argv[1] not in OPS:
         print(f"usage: {argv[0]} {{{','.join(OPS)}}} JSON", file=sys.stderr)
         return 2

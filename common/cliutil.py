@@ -95,6 +95,19 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except GapferryError as err:
             fail(err, as_json=bool(kwargs.get("json_output", False)))
+        except OSError as err:
+            # A read or write the command did not foresee (a medium pulled mid-run): a clear
+            # diagnostic and exit 4, never a traceback. Paths only: no data goes into it.
+            where = f" ({err.filename})" if err.filename else ""
+            fail(
+                EnvironmentFailure(
+                    f"{err.strerror or err}{where}",
+                    remedy="check the medium or the path (mounted, writable, space left) and "
+                    "run the command again",
+                    code="os-error",
+                ),
+                as_json=bool(kwargs.get("json_output", False)),
+            )
 
     return wrapper  # type: ignore[return-value]
 

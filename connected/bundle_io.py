@@ -38,9 +38,6 @@ __all__ = [
     "write_and_verify",
 ]
 
-#: Statuses `pack` reports itself; a result's steps up to these are not reported again.
-PACK_REPORTED = ("downloading", "installing")
-
 
 class PackItem(msgspec.Struct, frozen=True, kw_only=True):
     """One device's deployment, as it goes into a transfer bundle."""
@@ -64,9 +61,8 @@ class DeviceOutcome(msgspec.Struct, frozen=True, kw_only=True):
     device: str
     mender_device_id: str
     deployment_id: str
-    #: Statuses to report (those after ``installing``), in order; the last is the final one.
-    statuses: list[str]
-    #: success | failure | already-installed | skipped
+    #: success | failure | already-installed | skipped. The only status ingest reports (ADR
+    #: 0046): the applier's intermediate steps stay in the result bundle and the audit report.
     final: str
     #: Mender deployment log messages: ``{"timestamp","level","message"}``.
     log: list[dict[str, str]] = []
@@ -205,14 +201,6 @@ def open_result(path: Path, *, trust: TrustPolicy, now: float) -> ResultView:
     m = res.manifest
     outcomes = []
     for d in m.devices:
-        steps: list[str] = [str(s.status) for s in d.steps]
-        # pack reported downloading and installing; the applier's own earlier steps are dropped
-        # so the server's timeline stays in order.
-        after = [s for s in steps if s not in PACK_REPORTED]
-        if d.outcome != "skipped" and (not after or after[-1] != d.outcome):
-            after.append(d.outcome)
-        if d.outcome == "skipped":
-            after = []
         log = [
             {
                 "timestamp": ln.timestamp.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
@@ -226,7 +214,6 @@ def open_result(path: Path, *, trust: TrustPolicy, now: float) -> ResultView:
                 device=d.name,
                 mender_device_id=d.mender_device_id,
                 deployment_id=d.deployment_id,
-                statuses=after,
                 final=d.outcome,
                 log=log,
                 inventory=[{"name": a.name, "value": a.value} for a in d.inventory],

@@ -4,10 +4,14 @@ For each result bundle: verify it (trusted applier key, through the bundle forma
 check that its receipt names a transfer bundle this ledger issued (same digest), that every device
 result belongs to a deployment carried by that bundle, and that it was not ingested before. Then,
 in ONE ledger transaction, record the result and queue every report it implies (per device: the
-log on failure, the statuses after ``installing`` in order, an inventory PATCH) and the device's new
-artifact name. Delivery follows through the outbox, so a killed ingest resumes where it stopped and
-never sends a report twice (ADR 0041). A deployment aborted meanwhile answers 409: recorded and
-shown, not fatal.
+log on failure, the final status, an inventory PATCH) and the device's new artifact name. Only the
+final status is reported (ADR 0046): the server keeps no status history and counts only each
+device's current status, so ``rebooting`` and the like would cost a request each and leave
+nothing behind; the applier's steps stay in the result bundle and its audit report. Delivery
+follows through the outbox, so a killed ingest resumes where it stopped and never sends a report
+twice (ADR 0041); a delivered inventory report is recorded as what the server last confirmed (pack
+skips its own PATCH when nothing changed). A deployment aborted meanwhile answers 409: recorded
+and shown, not fatal.
 """
 
 from __future__ import annotations
@@ -176,8 +180,7 @@ def _accept(session: Session, view: bundle_io.ResultView) -> dict[tuple[str, str
             }
             if o.final == "failure" and o.log:
                 ledger.enqueue(c, kind="log", payload={"messages": o.log}, **common)
-            for st in o.statuses:
-                ledger.enqueue(c, kind="status", payload={"status": st}, **common)
+            ledger.enqueue(c, kind="status", payload={"status": o.final}, **common)
             inventory = list(o.inventory)
             if (
                 o.final == "success"

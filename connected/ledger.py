@@ -15,9 +15,16 @@ SQLite (stdlib), WAL journal mode, every change inside one ``BEGIN IMMEDIATE`` t
   *before* the call (``pending``) and marked after it (``sent`` / ``conflict``). A killed run leaves
   ``pending`` rows; the next run delivers them first, in order, after asking the server whether the
   report already arrived (ADR 0041).
+- ``inventory_sent``: per (site, device, Mender device ID) and attribute, the value the server
+  confirmed (2xx) for the device's inventory, from pack's PATCH and from delivered inventory
+  reports; pack skips its PATCH when nothing it would send differs (ADR 0046).
 - ``journal``: append-only (triggers refuse UPDATE and DELETE) record of every Mender call:
   method, path, status, request id. Never a query string, a body, a token or a key. Rows are
   written with the ledger's next transaction (ADR 0045), so a call never waits to be journalled.
+
+Schema changes are additive: every table is ``CREATE ... IF NOT EXISTS``, so opening an older
+ledger adds what it lacks, and ``meta.schema`` is raised to `SCHEMA_VERSION` (never lowered).
+Version 2 added ``inventory_sent`` (ADR 0046).
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ __all__ = [
     "utcnow",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -96,6 +103,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE (site, device, deployment_id, kind, payload, origin)
 );
 CREATE INDEX IF NOT EXISTS outbox_owed ON outbox (site, state, device);
+CREATE TABLE IF NOT EXISTS inventory_sent (
+    site TEXT NOT NULL, device TEXT NOT NULL, device_id TEXT NOT NULL,
+    name TEXT NOT NULL, value TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    PRIMARY KEY (site, device, device_id, name)
+);
 CREATE TABLE IF NOT EXISTS journal (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     ts TEXT NOT NULL, command TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL,
@@ -119,6 +132,11 @@ def _found(value: T | None, what: str) -> T:
             code="ledger-race",
         )
     return value
+
+
+def _inv(value: Any) -> str:
+    """An inventory value as the ledger stores and compares it (canonical JSON)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def utcnow() -> str:
@@ -203,7 +221,12 @@ class Ledger:
         self._journal_rows: list[tuple[str, str, str, str, int, str | None, str]] = []
         self._journal_lock = threading.Lock()
         with self.tx() as c:
-            c.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            c.execute(
+                "INSERT INTO meta VALUES ('schema', ?) ON CONFLICT (key) DO UPDATE SET "
+                "value = excluded.value "
+                "WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+                (str(SCHEMA_VERSION),),
+            )
 
     def close(self) -> None:
         self.flush_journal()
@@ -351,6 +374,80 @@ class Ledger:
                 f"UPDATE devices SET {sets}, updated = ? WHERE site = ? AND name = ?",  # noqa: S608
                 (*fields.values(), utcnow(), site, name),
             )
+
+    # --- inventory the server confirmed (ADR 0046) -------------------------------------
+    def inventory_to_send(
+        self, *, site: str, device: str, device_id: str | None, attributes: Sequence[Any]
+    ) -> list[str]:
+        """Names of `attributes` (``{"name", "value"}``) whose value the server has not confirmed
+        for this Mender device ID; empty when a PATCH of them would change nothing.
+
+        Every name counts as unconfirmed while an inventory report of the device is still owed
+        (outbox ``pending``): a run killed between such a call and its ``sent`` mark leaves the
+        server holding values this record does not know.
+        """
+        names = [str(a["name"]) for a in attributes]
+        if not device_id:
+            return names
+        with self._lock:
+            owed = self._db.execute(
+                "SELECT 1 FROM outbox WHERE site = ? AND device = ? AND kind = 'inventory' "
+                "AND state = 'pending' LIMIT 1",
+                (site, device),
+            ).fetchone()
+            if owed is not None:
+                return names
+            known = dict(
+                self._db.execute(
+                    "SELECT name, value FROM inventory_sent "
+                    "WHERE site = ? AND device = ? AND device_id = ?",
+                    (site, device, device_id),
+                ).fetchall()
+            )
+        return [str(a["name"]) for a in attributes if known.get(a["name"]) != _inv(a["value"])]
+
+    def forget_inventory(
+        self, *, site: str, device: str, device_id: str | None, names: Sequence[str]
+    ) -> None:
+        """Durably drop the record of `names` before a call that may change them: a crash after
+        the server took the new values and before `record_inventory` must leave no record of the
+        old ones (a skipped PATCH would then keep a wrong value). No commit when none is recorded.
+        """
+        if not device_id or not names:
+            return
+        marks = ", ".join("?" * len(names))
+        where = f"WHERE site = ? AND device = ? AND device_id = ? AND name IN ({marks})"
+        args = (site, device, device_id, *names)
+        if self._one(f"SELECT 1 FROM inventory_sent {where} LIMIT 1", args) is None:  # noqa: S608
+            return
+        with self.tx() as c:
+            c.execute(f"DELETE FROM inventory_sent {where}", args)  # noqa: S608
+
+    def record_inventory(
+        self,
+        *,
+        site: str,
+        device: str,
+        device_id: str | None,
+        attributes: Sequence[Any],
+        cursor: sqlite3.Cursor | None = None,
+    ) -> None:
+        """Record `attributes` as confirmed by the server (a 2xx answer) for this device ID, and
+        forget what was recorded for the device's earlier IDs. With `cursor`, inside the caller's
+        transaction; otherwise in a commit without its own fsync: losing it to a power cut only
+        costs one PATCH more, as `forget_inventory` ran (durably) before the call."""
+        if not device_id:
+            return
+        rows = [
+            (site, device, device_id, str(a["name"]), _inv(a["value"]), utcnow())
+            for a in attributes
+        ]
+        with contextlib.nullcontext(cursor) if cursor is not None else self.tx(durable=False) as c:
+            c.execute(
+                "DELETE FROM inventory_sent WHERE site = ? AND device = ? AND device_id != ?",
+                (site, device, device_id),
+            )
+            c.executemany("INSERT OR REPLACE INTO inventory_sent VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     # --- artifacts ----------------------------------------------------------------------
     def artifact(self, artifact_id: str) -> tuple[str, int, str, str] | None:

@@ -14,6 +14,9 @@ each device is marked in one transaction for a whole wave of devices. Devices ar
 concurrently (at most ``Session.concurrency`` at once), from one scan of the outbox grouped by
 device; the reports of one device stay in order, in one thread.
 
+A delivered inventory report also records, in the commit that marks it ``sent``, the values the
+server confirmed for the device's Mender ID (ADR 0046: pack skips its PATCH when they match).
+
 Without a management token the uncertain entry is re-sent; the server treats a repeated status as a
 no-op (shared/mender/server-behaviour.md section 3, "PUT .../status", rule 3), so the deployment's
 history is unchanged either way.
@@ -37,7 +40,8 @@ from gapferry.connected.site import SiteDevice
 
 __all__ = ["STATUS_ORDER", "DeliveryReport", "deliver_pending"]
 
-#: The order gapferry reports statuses in; a server status at or past an entry's means "arrived".
+#: The order of the Mender statuses (gapferry reports ``installing`` and then the final one, ADR
+#: 0046); a server status at or past an entry's means "arrived".
 STATUS_ORDER = {
     "pending": 0,
     "downloading": 1,
@@ -206,6 +210,17 @@ def _deliver_device(
             return
         with ledger.tx() as c:
             ledger.mark(entry.id, "sent", cursor=c)
+            if entry.kind == "inventory":
+                # What the server confirmed, for pack's "unchanged?" check (ADR 0046): in the
+                # commit that closes the entry, so a crash leaves the entry owed (and the record
+                # untrusted) rather than a record the server may not match.
+                ledger.record_inventory(
+                    site=site,
+                    device=entry.device,
+                    device_id=api.device_id,
+                    attributes=json.loads(entry.payload)["attributes"],
+                    cursor=c,
+                )
             if following is not None:
                 ledger.mark_attempted([following], cursor=c)
         if following is not None:

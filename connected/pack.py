@@ -1,10 +1,14 @@
 """`pack`: from the Mender Server to a signed transfer bundle on removable media (seeds phases 4-6).
 
 Per device (bounded concurrency): make sure it has keys, preauthorization and a JWT; report
-inventory; poll ``/next`` with what the device runs; download each needed artifact once (size
-checked against the server's artifact record and the announced length; with `artifact_key`, the
-artifact's signature); record and report ``downloading``. Then one transfer bundle per site is
-written, read back from the medium and verified, and only then ``installing`` is reported.
+inventory (``device_type``, ``artifact_name``) unless the ledger holds the server's confirmation
+of exactly those values for the device's current Mender ID; poll ``/next`` with what the device
+runs; download each needed artifact once (size checked against the server's artifact record and
+the announced length; with `artifact_key`, the artifact's signature) and record it. No status is
+reported for the download: the server's record stays ``pending``. Then one transfer bundle per site
+is written, read back from the medium and verified, and only then ``installing`` is reported. With
+cached tokens and an unchanged inventory a deployment costs pack two requests per device,
+``/next`` and ``installing`` (ADR 0046).
 
 The real server's traps (shared/mender/server-behaviour.md section 3):
 - ``/next`` is sticky and compares each poll with the first one: the ledger keeps the first body's
@@ -16,7 +20,10 @@ Crash safety (ADR 0041): every step is recorded before the next begins; a re-run
 owed are delivered first (outbox), downloaded artifacts are reused, a bundle whose writing was
 interrupted is abandoned (it has no completion marker, so no applier accepts it) and its
 deployments are packed again into a new bundle with the next sequence number. A deployment already
-travelling in an unreturned bundle is not packed again unless `repack`.
+travelling in an unreturned bundle is not packed again unless `repack`. A poll is recorded before
+its download, or, with the artifact at hand, in one commit with the ``downloaded`` state (ADR
+0045). The inventory record is dropped durably before a PATCH that changes it and written after
+the server's 2xx, so a crash in between costs one PATCH more on the next run, never one less.
 """
 
 from __future__ import annotations
@@ -128,11 +135,13 @@ class _Packer:
         api = self.session.device_api(site, dev)
         row = self.ledger.device(site, dev.name)
         current = (row.artifact_name if row else None) or dev.artifact_name
-        api.put_inventory(
+        self._report_inventory(
+            api,
+            dev,
             [
                 {"name": "device_type", "value": dev.device_type},
                 {"name": "artifact_name", "value": current},
-            ]
+            ],
         )
         active = self.ledger.active_deployment(site, dev.name)
         if active is not None and active.state in TRAVELLING and not self.repack:
@@ -214,33 +223,41 @@ class _Packer:
             self._fetch(api, dev, dep, ans)
         with self.ledger.tx() as c:
             if cached:
-                # Nothing to download: the poll is recorded with its `downloading` report in one
+                # Nothing to download: the poll is recorded with the `downloaded` state in one
                 # commit (ADR 0045); a crash before it leaves what a crash before recording the
-                # poll alone would.
+                # poll alone would. No status is reported here: the server's record stays
+                # `pending` until the bundle is verified and `installing` is reported (ADR 0046).
                 dep = polled(cursor=c)
-            entry = self.ledger.enqueue(
-                c,
-                site=site,
-                device=dev.name,
-                deployment_id=dep.deployment_id,
-                kind="status",
-                payload={"status": "downloading"},
-                origin="pack",
-            )
-            if entry is not None:
-                # Marked `attempted` in the commit that makes it owed, as it is called right
-                # after (ADR 0045): delivery needs no commit of its own to mark it.
-                self.ledger.mark_attempted([entry], cursor=c)
             self.ledger.set_deployment(
                 dep.deployment_id, site, dev.name, state="downloaded", cursor=c
             )
-        fresh = frozenset([entry]) if entry is not None else frozenset()
-        deliver_pending(self.session, site, {dev.name: dev}, only={dev.name}, fresh=fresh)
         return PackRow(
             device=dev.name,
             action="downloaded",
             deployment_id=dep.deployment_id,
             artifact_name=dep.artifact_name,
+        )
+
+    def _report_inventory(
+        self, api: DeviceApi, dev: SiteDevice, attributes: list[dict[str, Any]]
+    ) -> None:
+        """PATCH the device's inventory unless the server confirmed every value already for this
+        Mender device ID (ADR 0046). The record is forgotten durably before a PATCH that changes
+        it and written only after the server's 2xx, so a crash in between costs one PATCH more,
+        never one less."""
+        led = self.ledger
+        site = self.site.name
+        before = api.device_id
+        changed = led.inventory_to_send(
+            site=site, device=dev.name, device_id=before, attributes=attributes
+        )
+        if not changed:
+            return
+        led.forget_inventory(site=site, device=dev.name, device_id=before, names=changed)
+        api.put_inventory(attributes)
+        # The call may have renewed the token (a 401): the PATCH reached the ID it names now.
+        led.record_inventory(
+            site=site, device=dev.name, device_id=api.device_id, attributes=attributes
         )
 
     def _have_artifact(self, artifact_id: str) -> bool:

@@ -256,8 +256,12 @@ def apply_bundle(
         try:
             with opened.open_artifact(d.artifact.sha256) as stream:
                 try:
-                    checked[k] = read_artifact(stream, verify_key=key, limits=limits)
+                    # The stream checks the signed sha256 at its end: not hashed twice.
+                    info = read_artifact(
+                        stream, verify_key=key, limits=limits, known_sha256=d.artifact.sha256
+                    )
                     sha256_stream(stream)  # to the end, where the stream checks its sha256
+                    checked[k] = info
                 except ArtifactError as e:
                     # Bytes changed on the medium, or a broken artifact packed as it was? Read
                     # to the end: the stream re-checks the sha256 the bundle signed.

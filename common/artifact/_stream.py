@@ -23,17 +23,19 @@ CHUNK = 1024 * 1024
 
 
 class SourceReader:
-    """``read(n)`` over a `Readable` (``readinto`` only), hashing and counting everything read.
+    """``read(n)`` over a `Readable` (``readinto`` only), hashing (unless `hashing` is False)
+    and counting everything read.
 
     An `OSError` from the source is the outside world failing (media, pipe), not bad data: it
     becomes `EnvironmentFailure`. Raises `ArtifactTooLarge` past ``max_bytes``.
     """
 
-    def __init__(self, src: Readable, *, max_bytes: int) -> None:
+    def __init__(self, src: Readable, *, max_bytes: int, hashing: bool = True) -> None:
         self._src = src
         self._max = max_bytes
         self.size = 0
         self.hash = hashlib.sha256()
+        self._hashing = hashing
         self._buf = bytearray(CHUNK)
 
     def read(self, size: int = -1, /) -> bytes:
@@ -55,7 +57,8 @@ class SourceReader:
                 f"artifact is longer than the limit of {self._max} bytes",
                 remedy="check the source; a larger artifact needs a larger configured limit",
             )
-        self.hash.update(data)
+        if self._hashing:
+            self.hash.update(data)
         return data
 
     def drain(self) -> None:

@@ -411,6 +411,7 @@ def read_artifact(
     require_signature: bool = False,
     limits: Limits = DEFAULT_LIMITS,
     payload_sink: PayloadSink | None = None,
+    known_sha256: str | None = None,
 ) -> ArtifactInfo:
     """Read, check and (with `verify_key`) verify an artifact from `stream` to its end.
 
@@ -420,13 +421,17 @@ def read_artifact(
     `payload_sink(index, file, reader)` is called for every payload file, in artifact order; it may
     read any part of ``reader`` (the rest is drained). The file's checksum is checked after the sink
     returns: a sink must stage what it reads and only use it once `read_artifact` has returned.
+    `known_sha256`: the whole artifact's sha256 when `stream` itself refuses other bytes (an
+    `ArtifactStream` of a verified bundle checks the signed sha256 at its end): it becomes the
+    result's ``sha256`` and the bytes are not hashed a second time. The caller must read `stream`
+    to its end before trusting the result.
 
     Raises:
         ArtifactError (an `InvalidData`): structure, version, zstd, checksum, header, limit,
             unsigned, wrong-key-type or bad-signature problems, each with its own ``code``.
         EnvironmentFailure: reading `stream` failed.
     """
-    src = SourceReader(stream, max_bytes=limits.artifact_bytes)
+    src = SourceReader(stream, max_bytes=limits.artifact_bytes, hashing=known_sha256 is None)
     outer = TarReader(src, what="artifact", max_members=limits.artifact_members)
     sums = _Checksums()
     prev: str | None = None
@@ -619,7 +624,7 @@ def read_artifact(
         augmented=augment_raw is not None,
         manifest_sha256=hashlib.sha256(manifest_raw).hexdigest(),
         size=src.size,
-        sha256=src.hash.hexdigest(),
+        sha256=known_sha256 or src.hash.hexdigest(),
     )
 
 

@@ -65,7 +65,7 @@ def ingest(
     MEDIA is the medium's folder, or auto: the one mounted removable medium (asks which when
     there are several; needs udev); with --wait, waits for a stick to be inserted.
 
-    Per device: the log on failure, the final status in order, inventory; the ledger records the
+    Per device: the log on failure, the final status only, inventory; the ledger records the
     device's new artifact. A bundle ingested before is not reported again. A deployment aborted
     on the server meanwhile is recorded and shown, not fatal.
 

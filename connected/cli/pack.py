@@ -97,9 +97,10 @@ def pack(
 ) -> None:
     """Fetch the site's pending deployments and write one signed transfer bundle to the medium.
 
-    Per device: authenticate, report inventory, poll for a deployment, download each artifact
-    once, report `downloading`; then write the bundle, read it back and verify it, and report
-    `installing`. Safe to interrupt and run again: nothing is reported twice.
+    Per device: authenticate, report inventory (only when it changed since the server last
+    confirmed it), poll for a deployment, download each artifact once; then write the bundle,
+    read it back and verify it, and report `installing` (the deployment stays `pending` on the
+    server until then). Safe to interrupt and run again: nothing is reported twice.
 
     \b
     Examples:

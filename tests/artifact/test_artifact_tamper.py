@@ -78,17 +78,17 @@ def _refused_by_mender(path: Path, key: KeyPair | None) -> str:
 Edit = Callable[[list[Member]], list[Member]]
 
 
+def _flip_first_payload_byte(ms: list[Member]) -> list[Member]:
+    data = bytearray(_get(ms, "data/0000.tar").data)
+    # the first file's content starts right after its 512-byte tar header
+    data[512] ^= 0x01
+    _get(ms, "data/0000.tar").data = bytes(data)
+    return ms
+
+
 def test_artifact_tampered_payload_byte(tmp_path: Path, rsa_key: KeyPair) -> None:
     good = _art(tmp_path, rsa_key, "none")
-
-    def edit(ms: list[Member]) -> list[Member]:
-        data = bytearray(_get(ms, "data/0000.tar").data)
-        # the first file's content starts right after its 512-byte tar header
-        data[512] ^= 0x01
-        _get(ms, "data/0000.tar").data = bytes(data)
-        return ms
-
-    bad = tamper(good, tmp_path / "bad.mender", edit)
+    bad = tamper(good, tmp_path / "bad.mender", _flip_first_payload_byte)
     with pytest.raises(ArtifactChecksumError, match="invalid checksum") as e:
         read_artifact_file(bad, verify_key=rsa_key.public_pem())
     assert e.value.code == "artifact-checksum"
@@ -369,3 +369,25 @@ def test_artifact_sink_sees_claimed_digest_then_failure(tmp_path: Path) -> None:
     with pytest.raises(ArtifactChecksumError):
         read_artifact_file(bad, payload_sink=lambda i, f, r: calls.append(f.name))
     assert calls == ["dest_dir"]
+
+
+def test_artifact_known_sha256_skips_only_the_whole_file_hash(
+    tmp_path: Path, rsa_key: KeyPair
+) -> None:
+    """`known_sha256` (the caller's stream checks the whole file, as the applier's bundle stream
+    does) becomes the result's sha256; payload checksums and the signature are still checked."""
+    good = _art(tmp_path, rsa_key, "none")
+    data = good.read_bytes()
+    whole = hashlib.sha256(data).hexdigest()
+    plain = read_artifact(io.BytesIO(data), verify_key=rsa_key.public_pem())
+    assert plain.sha256 == whole
+    vouched = read_artifact(
+        io.BytesIO(data), verify_key=rsa_key.public_pem(), known_sha256="ab" * 32
+    )
+    assert vouched.sha256 == "ab" * 32
+    assert vouched.signature_verified
+    assert vouched.name == plain.name
+
+    bad = tamper(good, tmp_path / "bad.mender", _flip_first_payload_byte).read_bytes()
+    with pytest.raises(ArtifactChecksumError):
+        read_artifact(io.BytesIO(bad), verify_key=rsa_key.public_pem(), known_sha256=whole)

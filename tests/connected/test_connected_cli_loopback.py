@@ -97,7 +97,7 @@ def test_operator_round_trip_over_loopback(served: tuple[World, dict[str, str]])
     detail = dev_status["results"][0]["detail"]  # type: ignore[index]
     assert "our key -" in str(detail) or "not on server" in str(detail)
     statuses = [s for _, _, s in world.status_puts()]
-    assert statuses == ["downloading", "installing", "rebooting", "success"]
+    assert statuses == ["installing", "success"]
     assert world.sim.strict_violations == []
     # No token ever reached the ledger or the output.
     ledger = (world.state / "ledger.sqlite").read_bytes()
@@ -152,7 +152,8 @@ def test_kill_minus_9_during_a_status_report_then_rerun(
     deadline = time.monotonic() + 20
     while not world.status_puts() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert [s for d, _, s in world.status_puts() if d == dep_id] == ["downloading"]
+    # pack's only status report, `installing`, comes after the bundle was verified (ADR 0046).
+    assert [s for d, _, s in world.status_puts() if d == dep_id] == ["installing"]
     rerun = subprocess.run(
         [*cmd, "--json"],
         env={**os.environ, **env},
@@ -163,15 +164,15 @@ def test_kill_minus_9_during_a_status_report_then_rerun(
     )
     assert rerun.returncode == 0, rerun.stderr
     doc = json.loads(rerun.stdout)
-    assert doc["bundle_seq"] == 1
-    world.write_result(doc["bundle_path"])
+    # The killed run issued bundle #1; the re-run finds the report arrived and sends nothing.
+    assert doc["bundle_seq"] is None
+    assert [r["action"] for r in doc["results"]] == ["travelling"]
+    assert doc["reports_sent"] == 0
+    bundles = sorted((world.media / "gapferry").glob("transfer-*"))
+    assert [b.name.split("-")[3] for b in bundles] == ["00000001"]
+    world.write_result(str(bundles[0]))
     assert world.ingest().ok
-    assert [s for d, _, s in world.status_puts() if d == dep_id] == [
-        "downloading",
-        "installing",
-        "rebooting",
-        "success",
-    ]
+    assert [s for d, _, s in world.status_puts() if d == dep_id] == ["installing", "success"]
     assert world.sim.strict_violations == []
 
 

@@ -47,8 +47,8 @@ def _assert_each_device_once_in_order(world: World, dep_id: str, devices: int) -
     per = _per_device(world, dep_id)
     assert len(per) == devices
     for statuses in per.values():
-        assert statuses[:3] == ["downloading", "installing", "rebooting"], statuses
-        assert statuses[3:] in (["success"], ["failure"]), statuses
+        # pack: `installing`; ingest: the final status alone (ADR 0046).
+        assert statuses in (["installing", "success"], ["installing", "failure"]), statuses
     assert sorted(v[-1] for v in per.values()).count("failure") == 1
     assert world.sim.strict_violations == []
 
@@ -74,7 +74,7 @@ def test_ingest_reports_devices_concurrently_each_in_order(tmp_path: Path) -> No
         w.handler = counting
         ing = w.ingest(concurrency=3)
         assert ing.ok, ing
-        assert ing.reports_sent == DEVICES * 3 + 1  # rebooting, final, inventory; one log
+        assert ing.reports_sent == DEVICES * 2 + 1  # final status, inventory; one log
         assert 2 <= state["max"] <= 3
         _assert_each_device_once_in_order(w, dep_id, DEVICES)
         # The failed device's log reached the server before its final status.
@@ -135,7 +135,7 @@ def test_every_report_is_attempted_durably_before_its_call_one_commit_each(
         assert ing.ok, ing
         assert unmarked == []
         _assert_each_device_once_in_order(w, dep_id, DEVICES)
-        reports = DEVICES * 3 + 1
+        reports = DEVICES * 2 + 1
         assert ing.reports_sent == reports
         waves = -(-DEVICES // 3)  # the first entries of each wave of 3 devices: one commit
         # + the ledger's opening commit and the result's acceptance.
@@ -145,7 +145,7 @@ def test_every_report_is_attempted_durably_before_its_call_one_commit_each(
 
 
 @pytest.mark.parametrize("after", [False, True], ids=["before-call", "after-call"])
-@pytest.mark.parametrize("at", [1, 5, 12, 20])
+@pytest.mark.parametrize("at", [1, 5, 10, 15])  # 15: the last of 7 x (status, inventory) + 1 log
 def test_ingest_killed_mid_fleet_then_rerun_reports_each_once(
     tmp_path: Path, at: int, after: bool
 ) -> None:
@@ -193,7 +193,7 @@ def test_a_device_whose_key_is_missing_does_not_hold_up_the_others(tmp_path: Pat
         assert not ing.ok
         assert [f.split(":", 1)[0] for f in ing.reports_failed] == ["pump-001"]
         per = _per_device(w, dep_id)
-        assert sorted(len(v) for v in per.values()) == [2, 4, 4]  # pump-001 still owes two
+        assert sorted(len(v) for v in per.values()) == [1, 2, 2]  # pump-001 still owes one
         key.write_bytes(kept)
         key.chmod(0o600)
         assert w.ingest(concurrency=2).ok
@@ -202,11 +202,12 @@ def test_a_device_whose_key_is_missing_does_not_hold_up_the_others(tmp_path: Pat
         w.close()
 
 
-def test_pack_marks_each_downloading_report_in_the_commit_that_owes_it(
+def test_pack_reports_only_installing_each_durably_attempted_before_its_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """ADR 0045: with the artifact at hand, poll record, `downloading` owed and `attempted` go in
-    one durable commit before the call; every status PUT of pack still finds its entry marked."""
+    """ADR 0046: pack reports no `downloading`; the poll is recorded with the `downloaded` state
+    in one commit (artifact at hand, ADR 0045) and `installing`, owed with the issued bundle,
+    finds its entry durably `attempted` when it is sent."""
     w = World(tmp_path, devices=DEVICES)
     try:
         w.release()
@@ -242,14 +243,14 @@ def test_pack_marks_each_downloading_report_in_the_commit_that_owes_it(
         assert packed.ok, packed
         assert unmarked == []
         per = _per_device(w, packed.rows[0].deployment_id or "")
-        assert list(per.values()) == [["downloading", "installing"]] * DEVICES
+        assert list(per.values()) == [["installing"]] * DEVICES
         assert w.sim.strict_violations == []
-        # Per device: `downloading` owed (with the poll, but for the first device, which
-        # downloads the artifact: poll and artifact recorded before) and sent, `installing`
-        # marked (its wave: one device) and sent. Plus the opening commit and the bundle
-        # (reserved with its items in one commit, then issued). ADR 0045 removed per device the unchanged device upsert,
-        # the poll's own commit (artifact at hand) and the `downloading` wave.
-        assert len(commits) == DEVICES * 4 + 2 + 1 + 2
+        # Per device: the poll with its `downloaded` state (for the first device, which
+        # downloads the artifact, the poll and the artifact are recorded before: 2 more),
+        # `installing` marked (its wave: one device) and sent. Plus the opening commit and the
+        # bundle (reserved with its items in one commit, then issued). The inventory record after
+        # each PATCH is not fsynced (ADR 0046): losing it costs one PATCH more.
+        assert len(commits) == DEVICES * 3 + 2 + 1 + 2
     finally:
         w.close()
 

@@ -29,7 +29,7 @@ def test_outbox_enqueue_is_idempotent_and_ordered(tmp_path: Path) -> None:
     with Ledger(tmp_path / "l.sqlite") as led:
         for _ in range(2):
             with led.tx() as c:
-                for st in ("downloading", "installing"):
+                for st in ("installing", "success"):
                     led.enqueue(
                         c,
                         site="s",
@@ -41,8 +41,8 @@ def test_outbox_enqueue_is_idempotent_and_ordered(tmp_path: Path) -> None:
                     )
         pend = led.pending(site="s")
         assert [p.payload for p in pend] == [
-            '{"status": "downloading"}',
             '{"status": "installing"}',
+            '{"status": "success"}',
         ]
         led.mark(pend[0].id, "sent")
         assert len(led.pending()) == 1
@@ -60,7 +60,7 @@ def test_a_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
                 device="d",
                 deployment_id="x",
                 kind="status",
-                payload={"status": "downloading"},
+                payload={"status": "installing"},
                 origin="pack",
             )
             raise Boom

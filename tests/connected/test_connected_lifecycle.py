@@ -25,7 +25,7 @@ def test_lifecycle_one_device(world: World, algorithm: KeyAlgorithm) -> None:
     assert ing.ok, ing
     assert [r.action for r in ing.rows] == ["reported"]
     statuses = [s for d, _, s in world.status_puts() if d == dep_id]
-    assert statuses == ["downloading", "installing", "rebooting", "success"]
+    assert statuses == ["installing", "success"]
     assert world.sim.strict_violations == []
     dep = next(d for d in world.sim.deployments() if d["id"] == dep_id)
     assert dep["status"] == "finished"
@@ -70,7 +70,8 @@ def test_lifecycle_two_hundred_devices(tmp_path: Path) -> None:
         assert len(per_device) == 200
         finals = sorted(v[-1] for v in per_device.values())
         assert finals.count("failure") == 1
-        assert all(v[:3] == ["downloading", "installing", "rebooting"] for v in per_device.values())
+        # installing (pack), then the final status alone (ingest, ADR 0046).
+        assert all(v == ["installing", v[-1]] for v in per_device.values())
         assert w.sim.strict_violations == []
         logs = [r for r in w.sim.requests if r.path.endswith("/log")]
         assert len(logs) == 1
@@ -121,9 +122,4 @@ def test_pack_and_ingest_need_no_management_token_once_enrolled(world: World) ->
     assert not [r for r in world.sim.requests[before:] if "/management/" in r.path]
     world.write_result(report.bundle_path)
     assert world.ingest(management=False).ok
-    assert [s for d, _, s in world.status_puts() if d == dep_id] == [
-        "downloading",
-        "installing",
-        "rebooting",
-        "success",
-    ]
+    assert [s for d, _, s in world.status_puts() if d == dep_id] == ["installing", "success"]

@@ -32,20 +32,16 @@ def test_pack_and_ingest_reuse_the_token_of_an_earlier_command(world: World) -> 
     assert packed.ok, packed
     assert packed.bundle_path is not None
     assert _auths(world, mark) == 0
-    # Cached tokens: inventory, /next, downloading, installing (plus the one artifact fetch).
+    # Cached tokens: inventory (first pack: not confirmed yet), /next, installing (plus the one
+    # artifact fetch).
     device_calls = [r for r in world.sim.requests[mark:] if "/api/devices/" in r.path]
-    assert len(device_calls) == 4
+    assert len(device_calls) == 3
     world.write_result(packed.bundle_path)
     mark = len(world.sim.requests)
     ingested = world.ingest()
     assert ingested.ok, ingested
     assert _auths(world, mark) == 0
-    assert [s for _, _, s in world.status_puts()] == [
-        "downloading",
-        "installing",
-        "rebooting",
-        "success",
-    ]
+    assert [s for _, _, s in world.status_puts()] == ["installing", "success"]
 
 
 def test_a_rejected_cached_token_is_renewed_once_and_the_new_one_cached(world: World) -> None:

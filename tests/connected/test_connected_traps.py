@@ -39,7 +39,7 @@ def test_next_is_repeated_with_the_same_bytes_after_the_site_file_changed(world:
     assert len(bodies) == 2
     assert bodies[0] == bodies[1]
     assert all(r.status != 409 for r in world.sim.requests)
-    assert _puts(world, dep_id) == ["downloading", "installing"]  # not reported twice
+    assert _puts(world, dep_id) == ["installing"]  # not reported twice
     assert world.sim.strict_violations == []
     rec = world.sim.deployment_records(deployment_id=dep_id)[0]
     assert rec["status"] == "installing"
@@ -80,7 +80,7 @@ def test_expired_download_link_is_refreshed_with_the_same_next_data(world: World
     assert len(bodies) == 2
     assert bodies[0] == bodies[1]
     assert len([r for r in world.sim.requests if r.path.startswith("/sim/download/")]) == 2
-    assert _puts(world, dep_id) == ["downloading", "installing"]
+    assert _puts(world, dep_id) == ["installing"]
 
 
 def _rewrite_next(world: World, edit: object) -> None:
@@ -153,7 +153,7 @@ def test_deployment_aborted_while_its_bundle_travels(world: World) -> None:
     ing = world.ingest()
     assert ing.ok, ing
     assert [r.action for r in ing.rows] == ["aborted"]
-    assert _puts(world, dep_id) == ["downloading", "installing"]
+    assert _puts(world, dep_id) == ["installing"]
     with world.session() as s:
         dep = s.ledger.deployments()[0]
         assert dep.state == "aborted"
@@ -172,7 +172,7 @@ def test_result_bundle_ingested_twice_reports_once(world: World) -> None:
     assert second.ok
     assert [r.action for r in second.rows] == ["already-ingested"]
     assert len(world.sim.requests) == before
-    assert _puts(world, dep_id) == ["downloading", "installing", "rebooting", "success"]
+    assert _puts(world, dep_id) == ["installing", "success"]
 
 
 def test_result_signed_by_an_untrusted_key_is_rejected(world: World, tmp_path: Path) -> None:
@@ -184,7 +184,7 @@ def test_result_signed_by_an_untrusted_key_is_rejected(world: World, tmp_path: P
     ing = world.ingest()
     assert not ing.ok
     assert ing.rows[0].action == "rejected"
-    assert _puts(world, dep_id) == ["downloading", "installing"]
+    assert _puts(world, dep_id) == ["installing"]
 
 
 def test_result_for_a_deployment_the_bundle_did_not_carry_is_rejected(world: World) -> None:
@@ -195,7 +195,7 @@ def test_result_for_a_deployment_the_bundle_did_not_carry_is_rejected(world: Wor
     ing = world.ingest()
     assert not ing.ok
     assert "deployment-not-in-bundle" in ing.rows[0].detail
-    assert _puts(world, dep_id) == ["downloading", "installing"]
+    assert _puts(world, dep_id) == ["installing"]
 
 
 def test_failure_uploads_the_log_before_the_final_status(world: World) -> None:
@@ -209,8 +209,9 @@ def test_failure_uploads_the_log_before_the_final_status(world: World) -> None:
         for r in world.sim.requests
         if r.method == "PUT" and dep_id in r.path
     ]
-    assert tail[-3:] == ["log", "status", "status"]
-    assert _puts(world, dep_id)[-1] == "failure"
+    # installing (pack); then the log, and the final status alone (ADR 0046).
+    assert tail == ["status", "log", "status"]
+    assert _puts(world, dep_id) == ["installing", "failure"]
     dev_id = world.status_puts()[0][1]
     log = world.sim.logs(dep_id, dev_id)
     assert log is not None
@@ -245,7 +246,7 @@ def test_repacked_deployment_is_reported_once_whichever_result_returns(world: Wo
     ing = world.ingest()
     assert ing.ok, ing
     assert sorted(r.action for r in ing.rows) == ["already-reported", "reported"]
-    assert _puts(world, dep_id) == ["downloading", "installing", "rebooting", "success"]
+    assert _puts(world, dep_id) == ["installing", "success"]
     assert world.sim.strict_violations == []
 
 
@@ -260,7 +261,7 @@ def test_skipped_device_goes_into_the_next_bundle(world: World) -> None:
     second = world.pack()
     assert second.bundle_seq == 2
     assert [r.action for r in second.rows] == ["packed"]
-    assert _puts(world, dep_id) == ["downloading", "installing"]
+    assert _puts(world, dep_id) == ["installing"]
 
 
 def test_result_naming_another_mender_device_is_rejected(world: World) -> None:
@@ -271,6 +272,6 @@ def test_result_naming_another_mender_device_is_rejected(world: World) -> None:
     ing = world.ingest()
     assert not ing.ok
     assert "device-mismatch" in ing.rows[0].detail
-    assert _puts(world, dep_id) == ["downloading", "installing"]
+    assert _puts(world, dep_id) == ["installing"]
     with world.session() as s:
         assert s.ledger.deployments()[0].state == "travelling"
