@@ -11,9 +11,9 @@ two ways (alternating):
 
 - by time: after a delay drawn uniformly between the interpreter's start-up time (``gapferry
   --version``, measured; a kill before it tests nothing) and the command's measured clean run time;
-- by progress: once the command's k-th effect is visible (k drawn from 1..all; an effect is a
-  status the stand-in received, or a device holding the new content), plus a random jitter of up
-  to 50 ms. With small worlds most of a run is start-up, so time alone rarely lands between two
+- by progress: once the command's k-th effect is visible (k drawn from 1..all the run makes; an
+  effect is a status the stand-in received, or a device holding the new content), plus a random
+  jitter of up to 50 ms. With small worlds most of a run is start-up, so time alone rarely lands between two
   effects, where a crash matters most (the bundle write comes before ``installing``, pack's only
   status report; the result write after the last device).
 
@@ -419,15 +419,18 @@ def run_trials(
     for i in range(trials):
         by_time = i % 2 == 0
         delay = rng.uniform(earliest, span)
-        effects = rng.randint(1, 3 if command == "apply" else 6)
+        # k of the clean run's effects (drawn as a fraction: the count is known once the world
+        # exists); never more than the run makes, or the kill would always come after the end.
+        share = rng.random()
         jitter = rng.uniform(0.0, 0.05)
-        trigger = "time" if by_time else f"after {effects} effects + {jitter * 1000:.0f} ms"
-        trial = Trial(
-            command=command, index=i, delay=round(delay, 3), trigger=trigger, killed=False
-        )
+        trial = Trial(command=command, index=i, delay=round(delay, 3), trigger="", killed=False)
         start = time.monotonic()
         with ExitStack() as stack:
             setup = stack.enter_context(worlds.make(command))
+            effects = 1 + min(int(share * setup.total), setup.total - 1)
+            trial.trigger = (
+                "time" if by_time else f"after {effects} effects + {jitter * 1000:.0f} ms"
+            )
             if by_time:
                 trial.killed = _kill_after(setup, delay)
             else:

@@ -196,7 +196,9 @@ TRAVELLING = ("packed", "travelling")
 
 
 class Ledger:
-    """One SQLite ledger file. Thread-safe (one connection behind a lock)."""
+    """One SQLite ledger file. Thread-safe: writes go through one connection behind a lock;
+    reads outside a transaction use a connection of the reading thread's own, so they never
+    wait for another thread's commit (write-ahead log: a reader sees the last commit)."""
 
     def __init__(self, path: Path, *, command: str = "") -> None:
         self.path = path
@@ -217,6 +219,10 @@ class Ledger:
                 code="ledger-unavailable",
             ) from e
         self._lock = threading.RLock()
+        #: The thread inside `tx` (its reads must see its own uncommitted writes).
+        self._owner: int | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
         #: Journal rows not yet written: each goes in with the ledger's next transaction (ADR 0045).
         self._journal_rows: list[tuple[str, str, str, str, int, str | None, str]] = []
         self._journal_lock = threading.Lock()
@@ -230,6 +236,10 @@ class Ledger:
 
     def close(self) -> None:
         self.flush_journal()
+        with self._lock:
+            for r in self._readers:
+                r.close()
+            self._readers.clear()
         self._db.close()
 
     def __enter__(self) -> Ledger:
@@ -247,6 +257,8 @@ class Ledger:
         fsyncs the whole write-ahead log; both survive a killed process.
         """
         with self._lock:
+            outer = self._owner
+            self._owner = threading.get_ident()
             cur = self._db.cursor()
             if not durable:
                 cur.execute("PRAGMA synchronous=NORMAL")
@@ -260,16 +272,49 @@ class Ledger:
                     raise
                 cur.execute("COMMIT")
             finally:
+                self._owner = outer
                 if not durable:
                     cur.execute("PRAGMA synchronous=FULL")
 
+    def _reader(self) -> sqlite3.Connection | None:
+        """This thread's read connection; None inside this thread's own transaction."""
+        if self._owner == threading.get_ident():
+            return None
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(
+                    str(self.path), isolation_level=None, check_same_thread=False, timeout=30
+                )
+                conn.execute("PRAGMA query_only=ON")
+            except sqlite3.Error as e:
+                raise EnvironmentFailure(
+                    f"cannot read the ledger {self.path}: {e}",
+                    remedy="check the path and its permissions (--state / GAPFERRY_STATE)",
+                    code="ledger-unavailable",
+                ) from e
+            with self._lock:
+                self._readers.append(conn)
+            self._local.conn = conn
+        return conn
+
     def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
-        with self._lock:
-            return self._db.execute(sql, args).fetchone()
+        reader = self._reader()
+        if reader is None:
+            with self._lock:
+                return self._db.execute(sql, args).fetchone()
+        cur = reader.execute(sql, args)
+        try:
+            return cur.fetchone()
+        finally:
+            cur.close()  # ends the read: the next one sees later commits
 
     def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        reader = self._reader()
+        if reader is None:
+            with self._lock:
+                return self._db.execute(sql, args).fetchall()
+        return reader.execute(sql, args).fetchall()
 
     # --- journal ------------------------------------------------------------------------
     def journal(
@@ -389,21 +434,20 @@ class Ledger:
         names = [str(a["name"]) for a in attributes]
         if not device_id:
             return names
-        with self._lock:
-            owed = self._db.execute(
-                "SELECT 1 FROM outbox WHERE site = ? AND device = ? AND kind = 'inventory' "
-                "AND state = 'pending' LIMIT 1",
-                (site, device),
-            ).fetchone()
-            if owed is not None:
-                return names
-            known = dict(
-                self._db.execute(
-                    "SELECT name, value FROM inventory_sent "
-                    "WHERE site = ? AND device = ? AND device_id = ?",
-                    (site, device, device_id),
-                ).fetchall()
+        owed = self._one(
+            "SELECT 1 FROM outbox WHERE site = ? AND device = ? AND kind = 'inventory' "
+            "AND state = 'pending' LIMIT 1",
+            (site, device),
+        )
+        if owed is not None:
+            return names
+        known = dict(
+            self._all(
+                "SELECT name, value FROM inventory_sent "
+                "WHERE site = ? AND device = ? AND device_id = ?",
+                (site, device, device_id),
             )
+        )
         return [str(a["name"]) for a in attributes if known.get(a["name"]) != _inv(a["value"])]
 
     def forget_inventory(
