@@ -295,6 +295,9 @@ def op_fleet(args: dict[str, Any]) -> dict[str, Any]:
         )
         env.pop("MENDER_TENANT_TOKEN", None)
 
+        #: `--jobs` for both commands when given (default: the commands' own default).
+        jobs = ["--jobs", str(args["jobs"])] if args.get("jobs") else []
+
         def cycle(media: Path) -> dict[str, Any]:
             """`gapferry pack` onto `media`, a result for every device, `gapferry ingest`."""
             media.mkdir(exist_ok=True)
@@ -309,6 +312,7 @@ def op_fleet(args: dict[str, Any]) -> dict[str, Any]:
                     "--sign",
                     str(world.packer_key.private),
                     "--json",
+                    *jobs,
                 ],
                 env,
             )
@@ -321,7 +325,15 @@ def op_fleet(args: dict[str, Any]) -> dict[str, Any]:
             world.write_result(str(doc["bundle_path"]), media=media)
             mark = len(sim.requests)
             ingest = _timed_child(
-                [*gapferry("ingest"), str(media), "--trust", str(world.appliers), "--json"], env
+                [
+                    *gapferry("ingest"),
+                    str(media),
+                    "--trust",
+                    str(world.appliers),
+                    "--json",
+                    *jobs,
+                ],
+                env,
             )
             doc = _json_doc(ingest.pop("stdout"))
             ingest["ok"] = doc["ok"]

@@ -223,6 +223,7 @@ class Ledger:
         self._owner: int | None = None
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()  # not `_lock`: a new reader must not wait for a tx
         #: Journal rows not yet written: each goes in with the ledger's next transaction (ADR 0045).
         self._journal_rows: list[tuple[str, str, str, str, int, str | None, str]] = []
         self._journal_lock = threading.Lock()
@@ -236,7 +237,7 @@ class Ledger:
 
     def close(self) -> None:
         self.flush_journal()
-        with self._lock:
+        with self._readers_lock:
             for r in self._readers:
                 r.close()
             self._readers.clear()
@@ -293,7 +294,7 @@ class Ledger:
                     remedy="check the path and its permissions (--state / GAPFERRY_STATE)",
                     code="ledger-unavailable",
                 ) from e
-            with self._lock:
+            with self._readers_lock:
                 self._readers.append(conn)
             self._local.conn = conn
         return conn

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,36 @@ def test_journal_rows_never_wait_in_memory_without_bound(tmp_path: Path) -> None
         with contextlib.closing(sqlite3.connect(tmp_path / "l.sqlite")) as db:
             (n,) = db.execute("SELECT count(*) FROM journal").fetchone()
         assert n == JOURNAL_BATCH
+
+
+def test_reads_do_not_wait_for_another_threads_transaction(tmp_path: Path) -> None:
+    """A read from another thread answers from the last commit while a transaction is open
+    (it does not queue behind it); the thread inside the transaction sees its own writes."""
+    with Ledger(tmp_path / "ledger.db") as led:
+        led.record_artifact(artifact_id="a1", name="fw-1", size=1, sha256="00", path="/x")
+        inside = threading.Event()
+        release = threading.Event()
+        seen_inside: list[object] = []
+
+        def writer() -> None:
+            with led.tx() as c:
+                c.execute("UPDATE artifacts SET name = 'fw-2' WHERE artifact_id = 'a1'")
+                seen_inside.append(led.artifact("a1"))
+                inside.set()
+                release.wait(10)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        try:
+            assert inside.wait(10)
+            seen: list[object] = []
+            reader = threading.Thread(target=lambda: seen.append(led.artifact("a1")))
+            reader.start()
+            reader.join(5)
+            assert not reader.is_alive(), "the read waited for the open transaction"
+            assert seen == [("fw-1", 1, "00", "/x")]
+        finally:
+            release.set()
+            t.join(10)
+        assert seen_inside == [("fw-2", 1, "00", "/x")]
+        assert led.artifact("a1") == ("fw-2", 1, "00", "/x")  # the commit is seen at once

@@ -246,6 +246,7 @@ def parallel(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every file through `pump`, two artifacts at once, whatever this machine's core count."""
     monkeypatch.setattr(bundle_read, "OVERLAP_MIN", 0)
     monkeypatch.setattr(bundle_read, "HASH_JOBS", 2)
+    monkeypatch.setattr(bundle_read, "CORES", 2)
 
 
 def _flip(path: Path, at: int) -> None:
@@ -464,3 +465,36 @@ def test_overlapped_write_killed_then_resumed(tmp_path: Path, kill_after: int) -
     assert res.sha256 == BIG_SHA
     assert is_verified(target, sha256=BIG_SHA, size=len(BIG))
     assert sorted(p.name for p in medium.iterdir()) == ["big.bin"]
+
+
+def test_open_bundle_on_one_core_hashes_in_a_plain_loop(
+    tmp_path: Path, keys: BundleKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On one usable core no threads are started (they only take turns there), and the plain
+    loop accepts a good bundle and names a damaged file."""
+    monkeypatch.setattr(bundle_read, "OVERLAP_MIN", 0)
+    monkeypatch.setattr(bundle_read, "CORES", 1)
+    monkeypatch.setattr(bundle_read, "HASH_JOBS", 1)
+
+    def no_pump(*_a: object, **_k: object) -> int:
+        raise AssertionError("pump used on one core")
+
+    monkeypatch.setattr(bundle_read, "pump", no_pump)
+    bundle = make_sample_transfer(
+        tmp_path / "stick",
+        tmp_path / "work",
+        signers=[keys.a.signer],
+        big_artifact_bytes=3 * MIB + 1,
+        max_file_size=MIB,
+    )
+    opened = open_bundle(
+        bundle, policy=keys.policy(), now=datetime.now(tz=UTC), limits=DEFAULT_LIMITS
+    )
+    assert all(f.verified for f in opened.files)
+    first = opened.transfer.manifest.artifacts[0]
+    damaged = (first.parts or [first.path])[-1]
+    _flip(bundle / damaged, 0)
+    with pytest.raises(InvalidData) as ei:
+        open_bundle(bundle, policy=keys.policy(), now=datetime.now(tz=UTC), limits=DEFAULT_LIMITS)
+    assert ei.value.code == "digest-mismatch"
+    assert damaged in ei.value.message
