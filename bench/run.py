@@ -79,7 +79,7 @@ class Sizes:
 
 FULL = Sizes(
     pack=2 * GIB,
-    pack_stick=1 * GIB,
+    pack_stick=2 * GIB,
     verify_files=4,
     verify_each=512 * MIB,
     rss=(1 * GIB, 4 * GIB),

@@ -267,13 +267,6 @@ def op_fleet(args: dict[str, Any]) -> dict[str, Any]:
     setup = time.perf_counter() - t0
     sim = world.sim
     out: dict[str, Any] = {"devices": n, "seeds": n_seeds, "setup_seconds": setup}
-    if args.get("nodelay", True):
-        # The stand-in writes a response's headers and body in two send()s without TCP_NODELAY:
-        # Nagle on its side plus delayed ACKs on the client's stall many responses by ~40 ms,
-        # which a real Mender Server (Go sets TCP_NODELAY) does not do. Measure gapferry, not that.
-        from gapferry.fixtures.sim import _server
-
-        _server._Handler.disable_nagle_algorithm = True
     served: dict[str, float] = {}
     real_handle = sim.handle
 

@@ -225,10 +225,8 @@ def test_a_new_device_id_starts_without_a_record(world: World) -> None:
     assert ids == {new_id}  # the old ID's record is gone
 
 
-def test_a_crash_between_the_patch_and_its_record_does_not_lose_the_patch(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    world.release()
+def _pack_dies_before_recording_inventory(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pack killed right after the server took its inventory PATCH, before the ledger's record."""
 
     def dies(*_a: Any, **_kw: Any) -> None:
         raise Crash
@@ -237,6 +235,13 @@ def test_a_crash_between_the_patch_and_its_record_does_not_lose_the_patch(
         m.setattr(Ledger, "record_inventory", dies)
         with pytest.raises(Crash):
             world.pack()
+
+
+def test_a_crash_between_the_patch_and_its_record_does_not_lose_the_patch(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.release()
+    _pack_dies_before_recording_inventory(world, monkeypatch)
     assert len(_patches(world)) == 1  # the server took it; the ledger did not record it
     mark = len(world.sim.requests)
     again = world.pack()
@@ -257,14 +262,7 @@ def test_a_crash_after_a_changing_patch_leaves_no_stale_record(
     assert world.pack().ok
     original = world.site_file.read_text()
     world.site_file.write_text(original.replace(DEVICE_TYPE, "pump-board-r2"))
-
-    def dies(*_a: Any, **_kw: Any) -> None:
-        raise Crash
-
-    with monkeypatch.context() as m:
-        m.setattr(Ledger, "record_inventory", dies)
-        with pytest.raises(Crash):
-            world.pack()
+    _pack_dies_before_recording_inventory(world, monkeypatch)
     inv = world.sim.inventory(_device_id(world))
     assert inv is not None
     assert inv.get("inventory/device_type") == "pump-board-r2"

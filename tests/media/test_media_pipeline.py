@@ -21,7 +21,7 @@ import pytest
 from gapferry.common.atomic import temp_name_for
 from gapferry.common.bundle import read as bundle_read
 from gapferry.common.bundle.model import FileEntry
-from gapferry.common.bundle.read import open_bundle
+from gapferry.common.bundle.read import OpenedBundle, open_bundle
 from gapferry.common.bundle.steps import check_listing
 from gapferry.common.digest import (
     OVERLAP_MIN,
@@ -249,6 +249,20 @@ def parallel(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bundle_read, "CORES", 2)
 
 
+def _sample(tmp_path: Path, keys: BundleKeys, **kw: Any) -> Path:
+    """A transfer bundle with two artifacts, the big one 3 MiB + 1 unless `kw` says otherwise."""
+    kw.setdefault("big_artifact_bytes", 3 * MIB + 1)
+    return make_sample_transfer(
+        tmp_path / "stick", tmp_path / "work", signers=[keys.a.signer], **kw
+    )
+
+
+def _open(bundle: Path, keys: BundleKeys, **kw: Any) -> OpenedBundle:
+    return open_bundle(
+        bundle, policy=keys.policy(), now=datetime.now(tz=UTC), limits=DEFAULT_LIMITS, **kw
+    )
+
+
 def _flip(path: Path, at: int) -> None:
     with path.open("r+b") as f:
         f.seek(at)
@@ -262,21 +276,9 @@ def _flip(path: Path, at: int) -> None:
 def test_open_bundle_parallel_hashing_accepts_and_reports_progress(
     tmp_path: Path, keys: BundleKeys, *, split: bool
 ) -> None:
-    bundle = make_sample_transfer(
-        tmp_path / "stick",
-        tmp_path / "work",
-        signers=[keys.a.signer],
-        big_artifact_bytes=3 * MIB + 1,
-        max_file_size=MIB if split else 4 * 1024**3 - 1,
-    )
+    bundle = _sample(tmp_path, keys, max_file_size=MIB if split else 4 * 1024**3 - 1)
     seen: list[int] = []
-    opened = open_bundle(
-        bundle,
-        policy=keys.policy(),
-        now=datetime.now(tz=UTC),
-        limits=DEFAULT_LIMITS,
-        progress=seen.append,
-    )
+    opened = _open(bundle, keys, progress=seen.append)
     artifacts = opened.transfer.manifest.artifacts
     assert len(artifacts) == 2
     assert bool(artifacts[1].parts or artifacts[0].parts) is split
@@ -289,16 +291,10 @@ def test_split_artifact_written_overlapped_parts_and_whole_hash_match(
 ) -> None:
     """Parts big enough for the overlapped copy: each part's hash and the whole artifact's hash
     (a `TeeReader` unwrapped by `pump`) come out right, and the bundle verifies."""
-    bundle = make_sample_transfer(
-        tmp_path / "stick",
-        tmp_path / "work",
-        signers=[keys.a.signer],
-        big_artifact_bytes=2 * OVERLAP_MIN + 5,
-        max_file_size=OVERLAP_MIN,
+    bundle = _sample(
+        tmp_path, keys, big_artifact_bytes=2 * OVERLAP_MIN + 5, max_file_size=OVERLAP_MIN
     )
-    opened = open_bundle(
-        bundle, policy=keys.policy(), now=datetime.now(tz=UTC), limits=DEFAULT_LIMITS
-    )
+    opened = _open(bundle, keys)
     (split,) = [a for a in opened.transfer.manifest.artifacts if a.parts]
     assert len(split.parts) == 3
     joined = hashlib.sha256()
@@ -311,22 +307,14 @@ def test_split_artifact_written_overlapped_parts_and_whole_hash_match(
 def test_open_bundle_parallel_hashing_reports_the_first_bad_artifact_in_order(
     tmp_path: Path, keys: BundleKeys
 ) -> None:
-    bundle = make_sample_transfer(
-        tmp_path / "stick",
-        tmp_path / "work",
-        signers=[keys.a.signer],
-        big_artifact_bytes=3 * MIB + 1,
-        max_file_size=MIB,
-    )
-    probe = open_bundle(
-        bundle, policy=keys.policy(), now=datetime.now(tz=UTC), limits=DEFAULT_LIMITS
-    )
+    bundle = _sample(tmp_path, keys, max_file_size=MIB)
+    probe = _open(bundle, keys)
     first, second = probe.transfer.manifest.artifacts
     last_of = [(a.parts or [a.path])[-1] for a in (first, second)]
     # Damage the second artifact only: its file is named.
     _flip(bundle / last_of[1], 0)
     with pytest.raises(InvalidData) as ei:
-        open_bundle(bundle, policy=keys.policy(), now=datetime.now(tz=UTC), limits=DEFAULT_LIMITS)
+        _open(bundle, keys)
     assert ei.value.code == "digest-mismatch"
     assert last_of[1] in ei.value.message
     # Damage both: the error is the one a one-by-one check gives (manifest order), never the
@@ -334,9 +322,7 @@ def test_open_bundle_parallel_hashing_reports_the_first_bad_artifact_in_order(
     _flip(bundle / last_of[0], 0)
     for _ in range(3):
         with pytest.raises(InvalidData) as ei:
-            open_bundle(
-                bundle, policy=keys.policy(), now=datetime.now(tz=UTC), limits=DEFAULT_LIMITS
-            )
+            _open(bundle, keys)
         assert ei.value.code == "digest-mismatch"
         assert last_of[0] in ei.value.message
     assert not [t for t in threading.enumerate() if t.name.startswith("gapferry-")]
@@ -346,15 +332,8 @@ def test_open_bundle_parallel_hashing_reports_the_first_bad_artifact_in_order(
 def test_open_bundle_parallel_hashing_refuses_a_file_grown_after_the_listing(
     tmp_path: Path, keys: BundleKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bundle = make_sample_transfer(
-        tmp_path / "stick",
-        tmp_path / "work",
-        signers=[keys.a.signer],
-        big_artifact_bytes=3 * MIB + 1,
-    )
-    probe = open_bundle(
-        bundle, policy=keys.policy(), now=datetime.now(tz=UTC), limits=DEFAULT_LIMITS
-    )
+    bundle = _sample(tmp_path, keys)
+    probe = _open(bundle, keys)
     big = max(probe.transfer.manifest.artifacts, key=lambda a: a.size)
     path = bundle / big.path
     data = path.read_bytes()
@@ -365,7 +344,7 @@ def test_open_bundle_parallel_hashing_refuses_a_file_grown_after_the_listing(
 
     monkeypatch.setattr("gapferry.common.bundle.read.check_listing", grow_after_listing)
     with pytest.raises(InvalidData) as ei:
-        open_bundle(bundle, policy=keys.policy(), now=datetime.now(tz=UTC), limits=DEFAULT_LIMITS)
+        _open(bundle, keys)
     assert ei.value.code == "size-mismatch"
     assert "changed while reading" in ei.value.message
 
@@ -387,12 +366,7 @@ def test_bundle_write_stops_before_the_marker_when_the_medium_garbles_a_file(
 
     monkeypatch.setattr("gapferry.common.media.write.copy_hashed", garbling_copy)
     with pytest.raises(ReadbackMismatch) as ei:
-        make_sample_transfer(
-            tmp_path / "stick",
-            tmp_path / "work",
-            signers=[keys.a.signer],
-            big_artifact_bytes=OVERLAP_MIN + 1,
-        )
+        _sample(tmp_path, keys, big_artifact_bytes=OVERLAP_MIN + 1)
     assert ei.value.code == "readback-mismatch"
     assert garbled
     assert garbled[0].name in ei.value.message
@@ -402,14 +376,9 @@ def test_bundle_write_stops_before_the_marker_when_the_medium_garbles_a_file(
     assert not (bundle / "manifest.json").exists()
     # Run again with a good stick: it completes (resume) and verifies.
     monkeypatch.undo()
-    again = make_sample_transfer(
-        tmp_path / "stick",
-        tmp_path / "work",
-        signers=[keys.a.signer],
-        big_artifact_bytes=OVERLAP_MIN + 1,
-    )
+    again = _sample(tmp_path, keys, big_artifact_bytes=OVERLAP_MIN + 1)
     assert (again / "COMPLETE").exists()
-    open_bundle(again, policy=keys.policy(), now=datetime.now(tz=UTC), limits=DEFAULT_LIMITS)
+    _open(again, keys)
 
 
 @pytest.mark.root_mounts
@@ -480,21 +449,13 @@ def test_open_bundle_on_one_core_hashes_in_a_plain_loop(
         raise AssertionError("pump used on one core")
 
     monkeypatch.setattr(bundle_read, "pump", no_pump)
-    bundle = make_sample_transfer(
-        tmp_path / "stick",
-        tmp_path / "work",
-        signers=[keys.a.signer],
-        big_artifact_bytes=3 * MIB + 1,
-        max_file_size=MIB,
-    )
-    opened = open_bundle(
-        bundle, policy=keys.policy(), now=datetime.now(tz=UTC), limits=DEFAULT_LIMITS
-    )
+    bundle = _sample(tmp_path, keys, max_file_size=MIB)
+    opened = _open(bundle, keys)
     assert all(f.verified for f in opened.files)
     first = opened.transfer.manifest.artifacts[0]
     damaged = (first.parts or [first.path])[-1]
     _flip(bundle / damaged, 0)
     with pytest.raises(InvalidData) as ei:
-        open_bundle(bundle, policy=keys.policy(), now=datetime.now(tz=UTC), limits=DEFAULT_LIMITS)
+        _open(bundle, keys)
     assert ei.value.code == "digest-mismatch"
     assert damaged in ei.value.message
