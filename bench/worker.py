@@ -511,9 +511,14 @@ def op_apply(args: dict[str, Any]) -> dict[str, Any]:
                 raise RuntimeError(f"mender install did not install {name}")
             return {"seconds": t2 - t0, "scp": t1 - t0, "install": t2 - t1, "size": size}
 
-        for _ in range(int(args["runs"])):
-            out["base"].append(base(int(args["size"])))
+        for i in range(int(args["runs"])):
+            # In turns (A B, B A, ...): cold reads on the benchmark's disk are fast and slow
+            # by turns; one fixed order would hand one side all the slow ones (run.in_turns).
+            if i % 2 == 0:
+                out["base"].append(base(int(args["size"])))
             out["ours"].append(ours(int(args["size"])))
+            if i % 2 == 1:
+                out["base"].append(base(int(args["size"])))
         for size in args.get("rss_sizes", []):
             try:
                 out["rss"].append(ours(int(size)))
