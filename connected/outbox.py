@@ -113,11 +113,8 @@ class _Waves:
     """Hands devices to the workers; marks the first entry of a wave of devices ``attempted``
     in one durable commit before any of them is started (ADR 0044)."""
 
-    def __init__(
-        self, ledger: Ledger, work: list[_Device], *, wave: int, fresh: frozenset[int]
-    ) -> None:
+    def __init__(self, ledger: Ledger, work: list[_Device], *, wave: int) -> None:
         self._ledger = ledger
-        self._fresh = fresh
         self._work = work
         self._wave = max(1, wave)
         self._next = 0
@@ -132,7 +129,6 @@ class _Waves:
             if self._next >= self._marked:
                 end = min(len(self._work), self._next + self._wave)
                 heads = [d.entries[0].id for d in self._work[self._next : end]]
-                heads = [h for h in heads if h not in self._fresh]
                 if heads:
                     with self._ledger.tx() as c:
                         self._ledger.mark_attempted(heads, cursor=c)
@@ -147,7 +143,6 @@ def _deliver_device(
     site: str,
     item: _Device,
     stop: threading.Event,
-    fresh: frozenset[int] = frozenset(),
 ) -> None:
     """Deliver one device's entries in order; stop at its first failure.
 
@@ -168,9 +163,8 @@ def _deliver_device(
                 with ledger.tx() as c:
                     ledger.mark_attempted([entry.id], cursor=c)
                 marked = entry.id
-            # `entry.attempted` is the state before this run: an earlier run may have sent it
-            # (not when this run marked it in the commit that made it owed: `fresh`).
-            if entry.attempted and entry.id not in fresh:
+            # `entry.attempted` is the state before this run: an earlier run may have sent it.
+            if entry.attempted:
                 row = ledger.device(site, entry.device)
                 if _arrived(session, entry, row.device_id if row else None):
                     with ledger.tx() as c:
@@ -235,7 +229,6 @@ def deliver_pending(
     *,
     only: set[str] | None = None,
     on_conflict: Callable[[OutboxEntry, MenderConflict], None] | None = None,
-    fresh: frozenset[int] = frozenset(),
 ) -> DeliveryReport:
     """Deliver the site's pending outbox entries in order (optionally for `only` these devices).
 
@@ -243,8 +236,7 @@ def deliver_pending(
     each device's entries oldest first in one thread. A device whose report fails (server
     unavailable) keeps its remaining entries for the next run; other devices continue.
     Conflicts (409: aborted deployment) are recorded, not raised; `on_conflict` is called for each
-    after delivery, in the calling thread. `fresh`: entries the caller marked ``attempted`` in the
-    very commit that made them owed (ADR 0045); they need no mark and no "did it arrive?" question.
+    after delivery, in the calling thread.
 
     Raises:
         BaseException: whatever interrupts a worker (KeyboardInterrupt, a simulated crash) is
@@ -269,12 +261,12 @@ def deliver_pending(
     if not work:
         return report
     workers = min(session.concurrency, len(work))
-    waves = _Waves(ledger, work, wave=workers, fresh=fresh)
+    waves = _Waves(ledger, work, wave=workers)
 
     def worker() -> None:
         try:
             while (item := waves.take()) is not None:
-                _deliver_device(session, site, item, waves.stop, fresh)
+                _deliver_device(session, site, item, waves.stop)
         except BaseException:
             waves.stop.set()
             raise
