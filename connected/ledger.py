@@ -299,23 +299,28 @@ class Ledger:
             self._local.conn = conn
         return conn
 
-    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection a read goes through: this thread's own, or, inside this thread's
+        transaction, the writing one (behind the lock, which the thread holds already)."""
         reader = self._reader()
-        if reader is None:
-            with self._lock:
-                return self._db.execute(sql, args).fetchone()
-        cur = reader.execute(sql, args)
-        try:
-            return cur.fetchone()
-        finally:
-            cur.close()  # ends the read: the next one sees later commits
+        if reader is not None:
+            yield reader
+            return
+        with self._lock:
+            yield self._db
+
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        with self._reading() as db:
+            cur = db.execute(sql, args)
+            try:
+                return cur.fetchone()
+            finally:
+                cur.close()  # ends the read: the next one sees later commits
 
     def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        reader = self._reader()
-        if reader is None:
-            with self._lock:
-                return self._db.execute(sql, args).fetchall()
-        return reader.execute(sql, args).fetchall()
+        with self._reading() as db:
+            return db.execute(sql, args).fetchall()
 
     # --- journal ------------------------------------------------------------------------
     def journal(
